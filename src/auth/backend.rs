@@ -1,0 +1,176 @@
+//! The proxy's own login to a backend: startup message, then whatever the server asks for
+//! (trust, cleartext, md5 or SCRAM-SHA-256 via postgres-protocol), up to ReadyForQuery.
+
+use bytes::BytesMut;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::protocol::messages::error_fields;
+use crate::tenant::BackendTarget;
+use crate::wire::{self, take_cstr};
+
+/// Largest message accepted from a backend during login.
+const MAX_LOGIN_MESSAGE_LENGTH: usize = 1 << 20;
+
+/// What a successful login leaves behind.
+#[derive(Debug, Default)]
+pub struct BackendLogin {
+    /// ParameterStatus values reported by the backend.
+    pub params: Vec<(String, String)>,
+    /// BackendKeyData process id.
+    pub pid: i32,
+    /// BackendKeyData secret.
+    pub secret: Vec<u8>,
+}
+
+/// Why a backend login failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendLoginError {
+    /// The socket failed.
+    #[error("backend connection lost: {0}")]
+    Io(#[from] std::io::Error),
+    /// The backend sent an ErrorResponse.
+    #[error("backend refused login: {code} {message}")]
+    Rejected {
+        /// Its SQLSTATE.
+        code: String,
+        /// Its message.
+        message: String,
+    },
+    /// The backend broke the protocol or asked for something unsupported.
+    #[error("backend login failed: {0}")]
+    Protocol(String),
+}
+
+impl From<wire::WireError> for BackendLoginError {
+    fn from(e: wire::WireError) -> Self {
+        match e {
+            wire::WireError::Io(io) => BackendLoginError::Io(io),
+            other => BackendLoginError::Protocol(other.to_string()),
+        }
+    }
+}
+
+fn io_err(e: std::io::Error) -> BackendLoginError {
+    BackendLoginError::Protocol(e.to_string())
+}
+
+/// Logs in as `target.user` to `target.database`.
+pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    target: &BackendTarget,
+) -> Result<BackendLogin, BackendLoginError> {
+    let mut out = BytesMut::with_capacity(256);
+    let params = [
+        ("user", target.user.as_str()),
+        ("database", target.database.as_str()),
+        ("application_name", "pgtenant"),
+        ("client_encoding", "UTF8"),
+    ];
+    frontend::startup_message(params.iter().copied(), &mut out).map_err(io_err)?;
+    stream.write_all(&out).await?;
+    let password = target.password.expose().as_bytes();
+    let mut rbuf = BytesMut::with_capacity(1024);
+    let mut scram: Option<ScramSha256> = None;
+    let mut login = BackendLogin::default();
+    loop {
+        let (tag, body) = wire::read_message(stream, &mut rbuf, MAX_LOGIN_MESSAGE_LENGTH).await?;
+        out.clear();
+        match tag {
+            b'R' => {
+                let Some((code, data)) = body.split_first_chunk::<4>() else {
+                    return Err(BackendLoginError::Protocol(
+                        "short authentication request".into(),
+                    ));
+                };
+                match u32::from_be_bytes(*code) {
+                    0 => continue,
+                    3 => frontend::password_message(password, &mut out).map_err(io_err)?,
+                    5 => {
+                        let salt: [u8; 4] = data
+                            .try_into()
+                            .map_err(|_| BackendLoginError::Protocol("bad md5 salt".into()))?;
+                        let hash = md5_hash(target.user.as_bytes(), password, salt);
+                        frontend::password_message(hash.as_bytes(), &mut out).map_err(io_err)?;
+                    }
+                    10 => {
+                        if !sasl_mechanisms(data).any(|m| m == "SCRAM-SHA-256") {
+                            return Err(BackendLoginError::Protocol(
+                                "server offers no SCRAM-SHA-256".into(),
+                            ));
+                        }
+                        let s = ScramSha256::new(password, ChannelBinding::unsupported());
+                        frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out)
+                            .map_err(io_err)?;
+                        scram = Some(s);
+                    }
+                    11 => {
+                        let s = scram
+                            .as_mut()
+                            .ok_or_else(|| BackendLoginError::Protocol("unexpected SASL".into()))?;
+                        s.update(data).map_err(io_err)?;
+                        frontend::sasl_response(s.message(), &mut out).map_err(io_err)?;
+                    }
+                    12 => {
+                        let s = scram
+                            .as_mut()
+                            .ok_or_else(|| BackendLoginError::Protocol("unexpected SASL".into()))?;
+                        s.finish(data).map_err(io_err)?;
+                        continue;
+                    }
+                    other => {
+                        return Err(BackendLoginError::Protocol(format!(
+                            "unsupported authentication request {other}"
+                        )));
+                    }
+                }
+                stream.write_all(&out).await?;
+            }
+            b'S' => {
+                if let Some((name, rest)) = take_cstr(&body)
+                    && let Some((value, _)) = take_cstr(rest)
+                {
+                    set_param(&mut login.params, name, value);
+                }
+            }
+            b'K' => {
+                let Some((pid, secret)) = body.split_first_chunk::<4>() else {
+                    return Err(BackendLoginError::Protocol("short BackendKeyData".into()));
+                };
+                login.pid = i32::from_be_bytes(*pid);
+                login.secret = secret.to_vec();
+            }
+            b'Z' => return Ok(login),
+            b'E' => {
+                let (code, message) = error_fields(&body);
+                return Err(BackendLoginError::Rejected {
+                    code: code.unwrap_or("XX000").to_owned(),
+                    message: message.unwrap_or("").to_owned(),
+                });
+            }
+            // NoticeResponse, NegotiateProtocolVersion: nothing to do.
+            _ => {}
+        }
+    }
+}
+
+/// Records a ParameterStatus value, replacing an earlier one of the same name.
+pub fn set_param(params: &mut Vec<(String, String)>, name: &str, value: &str) {
+    match params.iter_mut().find(|(n, _)| n == name) {
+        Some((_, v)) => {
+            v.clear();
+            v.push_str(value);
+        }
+        None => params.push((name.to_owned(), value.to_owned())),
+    }
+}
+
+fn sasl_mechanisms(mut data: &[u8]) -> impl Iterator<Item = &str> {
+    std::iter::from_fn(move || {
+        let (m, rest) = take_cstr(data)?;
+        data = rest;
+        (!m.is_empty()).then_some(m)
+    })
+}

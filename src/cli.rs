@@ -1,0 +1,183 @@
+//! The command line: `serve`, `quickstart`, `catalog migrate` and `hash-password`. Secrets are
+//! read from the environment, a config file or standard input, never from argv.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::error::Secret;
+use crate::tenant::catalog;
+
+/// pgtenant: a tenant-routing Postgres proxy.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Serve {
+        /// Configuration file.
+        #[arg(long, short, default_value = "config/pgtenant.toml")]
+        config: PathBuf,
+    },
+    /// Start a throwaway local Postgres with two demo tenants and the proxy in front of it.
+    Quickstart {
+        /// Port the proxy listens on.
+        #[arg(long, default_value_t = 6432)]
+        port: u16,
+    },
+    /// Manage the catalog database.
+    Catalog {
+        /// Catalog subcommand.
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+    /// Read a password on standard input and print the hash to store for a tenant user.
+    HashPassword {
+        /// Print an md5 hash (needs the user name) instead of a SCRAM-SHA-256 verifier.
+        #[arg(long, value_name = "USER")]
+        md5_for_user: Option<String>,
+    },
+}
+
+/// Catalog subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Create or upgrade the catalog schema (idempotent). The URL comes from `[catalog] url` in
+    /// the config file, or from PGTENANT_CATALOG_URL.
+    Migrate {
+        /// Configuration file holding `[catalog] url`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pgtenant: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgtenant: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGTENANT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => serve(config).await,
+        Command::Quickstart { port } => crate::quickstart::run(port).await,
+        Command::Catalog {
+            command: CatalogCommand::Migrate { config },
+        } => {
+            let url = catalog_url(config)?;
+            let applied = migrate_catalog(&url).await?;
+            println!("catalog migrated: applied versions {applied:?}");
+            Ok(())
+        }
+        Command::HashPassword { md5_for_user } => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_to_string(&mut password)
+                .context("reading the password from stdin")?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                bail!("empty password on standard input");
+            }
+            match md5_for_user {
+                Some(user) => println!(
+                    "{}",
+                    postgres_protocol::password::md5(password.as_bytes(), &user)
+                ),
+                None => println!(
+                    "{}",
+                    postgres_protocol::password::scram_sha_256(password.as_bytes())
+                ),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn catalog_url(config: Option<PathBuf>) -> anyhow::Result<Secret> {
+    if let Some(path) = config {
+        let config = Config::load(&path)?;
+        return config
+            .catalog
+            .map(|c| c.url)
+            .with_context(|| format!("{} has no [catalog] url", path.display()));
+    }
+    std::env::var("PGTENANT_CATALOG_URL")
+        .map(Secret::new)
+        .context("give --config FILE with a [catalog] url, or set PGTENANT_CATALOG_URL")
+}
+
+/// Applies the catalog migrations at `url`; returns the versions applied now.
+pub async fn migrate_catalog(url: &Secret) -> anyhow::Result<Vec<i32>> {
+    let mut client = catalog::postgres::connect(url, None)
+        .await
+        .context("connecting to the catalog database")?;
+    catalog::migrate::migrate(&mut client)
+        .await
+        .context("applying catalog migrations")
+}
+
+async fn serve(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    if let Some(c) = &config.catalog
+        && c.migrate_on_start
+    {
+        let applied = migrate_catalog(&c.url).await?;
+        tracing::info!(?applied, "catalog migrated");
+    }
+    let proxy = crate::server::start(config)
+        .await
+        .context("starting listeners")?;
+    wait_for_signal().await;
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,435 @@
+//! The configuration file: serde structs with defaults, and `validate()` with messages that name
+//! the offending key. Every key is documented in `config/pgtenant.example.toml`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::Secret;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where clients connect; one listener on 127.0.0.1:6432 when absent.
+    #[serde(default = "default_listeners")]
+    pub listeners: Vec<ListenerConfig>,
+    /// Connection handling shared by all listeners.
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    /// Pool defaults for every tenant; tenants may override.
+    #[serde(default)]
+    pub pool: PoolDefaults,
+    /// The Postgres catalog, when there is one.
+    #[serde(default)]
+    pub catalog: Option<CatalogConfig>,
+    /// Servers of the embedded (TOML) catalog.
+    #[serde(default)]
+    pub servers: Vec<ServerConfig>,
+    /// Tenants of the embedded (TOML) catalog.
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address and port.
+    pub address: SocketAddr,
+    /// How clients on this listener prove who they are.
+    #[serde(default)]
+    pub auth: AuthMethod,
+}
+
+fn default_listeners() -> Vec<ListenerConfig> {
+    vec![ListenerConfig {
+        address: SocketAddr::from(([127, 0, 0, 1], 6432)),
+        auth: AuthMethod::default(),
+    }]
+}
+
+/// Client authentication method of a listener.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum AuthMethod {
+    /// SCRAM-SHA-256 only.
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// md5 for users whose stored hash is md5, SCRAM for the others (as Postgres does).
+    #[serde(rename = "md5")]
+    Md5,
+    /// No password: local development only.
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+/// A way of finding the tenant in a startup packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResolveStrategy {
+    /// The database name is the tenant slug.
+    Database,
+    /// The user name ends in `.tenant`.
+    UserSuffix,
+    /// `options=-c pgtenant.tenant=slug`.
+    Options,
+}
+
+/// Connection handling.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Strategies tried, in order; all that name a tenant must agree.
+    pub resolve: Vec<ResolveStrategy>,
+    /// Time a client has from TCP accept to the end of authentication.
+    pub startup_timeout_ms: u64,
+    /// Clients served at once across all tenants (53300 beyond).
+    pub max_client_connections: usize,
+    /// How long a new client of a paused tenant waits for it to resume.
+    pub pause_timeout_ms: u64,
+    /// Time allowed for a client-less backend connection to reset itself.
+    pub reset_timeout_ms: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            resolve: vec![
+                ResolveStrategy::Database,
+                ResolveStrategy::UserSuffix,
+                ResolveStrategy::Options,
+            ],
+            startup_timeout_ms: 10_000,
+            max_client_connections: 10_000,
+            pause_timeout_ms: 30_000,
+            reset_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// How a tenant's backend connections are shared between its clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolMode {
+    /// A client keeps one backend connection for its whole session.
+    #[default]
+    Session,
+}
+
+/// Pool settings every tenant starts from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolDefaults {
+    /// Session or transaction pooling.
+    pub mode: PoolMode,
+    /// Most backend connections a tenant may hold.
+    pub size: u32,
+    /// Idle connections kept open ahead of demand.
+    pub min_idle: u32,
+    /// An idle connection older than this is closed (down to `min_idle`).
+    pub idle_timeout_ms: u64,
+    /// Any connection older than this is closed when next idle.
+    pub max_lifetime_ms: u64,
+    /// How long a client waits for a backend connection before 53300.
+    pub checkout_timeout_ms: u64,
+    /// TCP connect plus login to a backend.
+    pub connect_timeout_ms: u64,
+    /// Run on a connection before another client gets it; empty to skip.
+    pub reset_query: String,
+}
+
+impl Default for PoolDefaults {
+    fn default() -> Self {
+        PoolDefaults {
+            mode: PoolMode::Session,
+            size: 20,
+            min_idle: 0,
+            idle_timeout_ms: 600_000,
+            max_lifetime_ms: 3_600_000,
+            checkout_timeout_ms: 30_000,
+            connect_timeout_ms: 5_000,
+            reset_query: "DISCARD ALL".into(),
+        }
+    }
+}
+
+/// The Postgres catalog database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// libpq-style URL or key=value string; may hold a password, so it is never logged.
+    pub url: Secret,
+    /// Apply `catalog_migrations/` when `serve` starts.
+    #[serde(default)]
+    pub migrate_on_start: bool,
+    /// Full reload period, covering missed notifications.
+    #[serde(default = "default_reload_interval")]
+    pub reload_interval_ms: u64,
+}
+
+fn default_reload_interval() -> u64 {
+    30_000
+}
+
+/// A backend server of the embedded catalog.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Name tenants refer to.
+    pub name: String,
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    /// Role the proxy logs in as (unless the tenant names its own).
+    pub user: String,
+    /// Its password (SCRAM/md5/cleartext as the server asks); empty for trust.
+    #[serde(default)]
+    pub password: Secret,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+
+/// A tenant of the embedded catalog.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// The routing key clients name.
+    pub slug: String,
+    /// Server it lives on.
+    pub server: String,
+    /// Database on that server; the slug when absent.
+    pub database: Option<String>,
+    /// active, paused, disabled or moving.
+    #[serde(default = "default_status")]
+    pub status: String,
+    /// Backend role override (schema/shared isolation); the server's role when absent.
+    pub backend_user: Option<String>,
+    /// Password of `backend_user`.
+    pub backend_password: Option<Secret>,
+    /// Pool size override.
+    pub pool_size: Option<u32>,
+    /// min_idle override.
+    pub min_idle: Option<u32>,
+    /// idle_timeout_ms override.
+    pub idle_timeout_ms: Option<u64>,
+    /// max_lifetime_ms override.
+    pub max_lifetime_ms: Option<u64>,
+    /// checkout_timeout_ms override.
+    pub checkout_timeout_ms: Option<u64>,
+    /// Logins of this tenant.
+    #[serde(default)]
+    pub users: Vec<TenantUserConfig>,
+}
+
+fn default_status() -> String {
+    "active".into()
+}
+
+/// A login of a tenant: a SCRAM verifier or md5 hash, never a plaintext password.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantUserConfig {
+    /// User name as the client sends it (without the `.tenant` suffix).
+    pub name: String,
+    /// `SCRAM-SHA-256$…` verifier (make one with `pgtenant hash-password`) or `md5…` hash.
+    pub password_hash: Secret,
+}
+
+/// A configuration problem, with the key it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax or a wrong type; the message carries line and column.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The path.
+        path: String,
+        /// The parser's message (line, column, key).
+        message: String,
+    },
+    /// A value that parses but makes no sense.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: String::new(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.listeners.is_empty() {
+            return bad("at least one [[listeners]] entry is needed".into());
+        }
+        if self.proxy.resolve.is_empty() {
+            return bad("proxy.resolve must name at least one strategy".into());
+        }
+        if self.pool.size == 0 {
+            return bad("pool.size must be at least 1".into());
+        }
+        if self.pool.min_idle > self.pool.size {
+            return bad("pool.min_idle must not exceed pool.size".into());
+        }
+        for (i, s) in self.servers.iter().enumerate() {
+            if s.name.is_empty() || s.host.is_empty() || s.user.is_empty() {
+                return bad(format!(
+                    "servers[{i}]: name, host and user must not be empty"
+                ));
+            }
+            if self.servers[..i].iter().any(|o| o.name == s.name) {
+                return bad(format!(
+                    "servers[{i}]: duplicate server name \"{}\"",
+                    s.name
+                ));
+            }
+        }
+        for (i, t) in self.tenants.iter().enumerate() {
+            if let Err(e) = crate::tenant::validate_slug(&t.slug) {
+                return bad(format!("tenants[{i}]: {e}"));
+            }
+            if self.tenants[..i].iter().any(|o| o.slug == t.slug) {
+                return bad(format!(
+                    "tenants[{i}]: duplicate tenant slug \"{}\"",
+                    t.slug
+                ));
+            }
+            if !self.servers.iter().any(|s| s.name == t.server) {
+                return bad(format!(
+                    "tenants[{i}] ({}): unknown server \"{}\"",
+                    t.slug, t.server
+                ));
+            }
+            if crate::tenant::TenantStatus::parse(&t.status).is_none() {
+                return bad(format!(
+                    "tenants[{i}] ({}): status must be active, paused, disabled or moving, not \"{}\"",
+                    t.slug, t.status
+                ));
+            }
+            if t.pool_size == Some(0) {
+                return bad(format!(
+                    "tenants[{i}] ({}): pool_size must be at least 1",
+                    t.slug
+                ));
+            }
+            for (j, u) in t.users.iter().enumerate() {
+                if crate::auth::StoredPassword::parse(u.password_hash.expose()).is_none() {
+                    return bad(format!(
+                        "tenants[{i}].users[{j}] ({}): password_hash must be a SCRAM-SHA-256 verifier or an md5 hash",
+                        u.name
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ProxyConfig {
+    /// `startup_timeout_ms` as a Duration.
+    pub fn startup_timeout(&self) -> Duration {
+        Duration::from_millis(self.startup_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VERIFIER: &str = "SCRAM-SHA-256$4096:c2FsdHNhbHRzYWx0$\
+        ZuVrI/sC/bdmYV1yc8jjflEUoZeAlWpZ3Dv4U1FkHU0=:9tGfAqT0fu/ixdXFb36L+qSLDI0JnmXWWP/FJGnt2Ik=";
+
+    #[test]
+    fn defaults_apply() {
+        let c = Config::from_toml("").expect("empty config is valid");
+        assert_eq!(c.listeners[0].address.port(), 6432);
+        assert_eq!(c.listeners[0].auth, AuthMethod::ScramSha256);
+        assert_eq!(c.pool.reset_query, "DISCARD ALL");
+        assert_eq!(c.proxy.resolve.len(), 3);
+    }
+
+    #[test]
+    fn rejects_with_reasons() {
+        let server = "[[servers]]\nname='s'\nhost='h'\nuser='u'\n";
+        let cases = [
+            ("[pool]\nsize = 0", "pool.size"),
+            ("[proxy]\nbogus = 1", "unknown field"),
+            ("[[tenants]]\nslug='a'\nserver='nope'", "unknown server"),
+            (
+                &format!("{server}[[tenants]]\nslug='Bad Slug'\nserver='s'"),
+                "tenants[0]",
+            ),
+            (
+                &format!("{server}[[tenants]]\nslug='a'\nserver='s'\nstatus='asleep'"),
+                "status must be",
+            ),
+            (
+                &format!(
+                    "{server}[[tenants]]\nslug='a'\nserver='s'\n[[tenants.users]]\nname='u'\npassword_hash='plain'"
+                ),
+                "password_hash",
+            ),
+            (&format!("{server}{server}"), "duplicate server"),
+        ];
+        for (text, want) in cases {
+            let err = Config::from_toml(text).expect_err(text).to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn parse_errors_carry_the_line() {
+        let err = Config::from_toml("[pool]\nsize = \"ten\"\n")
+            .expect_err("type error")
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn full_tenant_parses() {
+        let text = format!(
+            "[[servers]]\nname='s'\nhost='h'\nuser='u'\npassword='p'\n\
+             [[tenants]]\nslug='acme'\nserver='s'\npool_size=3\n\
+             [[tenants.users]]\nname='app'\npassword_hash='{VERIFIER}'\n"
+        );
+        let c = Config::from_toml(&text).expect("valid");
+        assert_eq!(c.tenants[0].pool_size, Some(3));
+        assert!(!format!("{c:?}").contains("p'"), "secrets are redacted");
+    }
+}

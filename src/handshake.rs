@@ -1,0 +1,168 @@
+//! The first packets of a connection: refuse SSLRequest/GSSENCRequest with 'N' (TLS is not
+//! configured), then read a StartupMessage or CancelRequest. Lengths are checked before any body
+//! is read; the caller bounds the whole exchange with the startup timeout.
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::error::ClientError;
+use crate::protocol::MAX_STARTUP_PACKET_LENGTH;
+use crate::protocol::messages;
+use crate::protocol::startup::{self, StartupError, StartupPacket};
+
+/// Encryption requests a client may make before its startup packet (GSSENC then SSL, as libpq).
+const MAX_ENCRYPTION_REQUESTS: usize = 2;
+
+/// What the client came for.
+#[derive(Debug)]
+pub enum Handshake {
+    /// A session, with its startup parameters.
+    Startup {
+        /// Startup parameters; `user` is present.
+        params: Vec<(String, String)>,
+    },
+    /// A cancel of another session's query.
+    Cancel {
+        /// Key process id.
+        pid: i32,
+        /// Key secret.
+        secret: Vec<u8>,
+    },
+}
+
+/// Why a handshake ended without a session.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The client left or the socket failed: nothing to answer.
+    #[error("client disconnected during startup: {0}")]
+    Io(#[from] std::io::Error),
+    /// The client sent something unacceptable; the error goes back to it.
+    #[error("{0}")]
+    Rejected(ClientError),
+}
+
+impl From<StartupError> for HandshakeError {
+    fn from(e: StartupError) -> Self {
+        let err = match e {
+            StartupError::UnsupportedVersion(..) => ClientError::unsupported(e.to_string()),
+            StartupError::NoUser => {
+                ClientError::fatal(crate::error::sqlstate::INVALID_AUTHORIZATION, e.to_string())
+            }
+            _ => ClientError::protocol(e.to_string()),
+        };
+        HandshakeError::Rejected(err)
+    }
+}
+
+/// Runs the pre-authentication exchange. Not cancel-safe; call it under a timeout and drop the
+/// connection when it fires.
+pub async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+) -> Result<Handshake, HandshakeError> {
+    for _ in 0..=MAX_ENCRYPTION_REQUESTS {
+        let body = read_packet(stream).await?;
+        match startup::parse(&body)? {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                stream.write_all(b"N").await?
+            }
+            StartupPacket::Cancel { pid, secret } => return Ok(Handshake::Cancel { pid, secret }),
+            StartupPacket::Startup { minor, params, .. } => {
+                let (protocol_opts, params): (Vec<_>, Vec<_>) = params
+                    .into_iter()
+                    .partition(|(n, _)| n.starts_with("_pq_."));
+                if minor > 0 || !protocol_opts.is_empty() {
+                    let names: Vec<&str> = protocol_opts.iter().map(|(n, _)| n.as_str()).collect();
+                    let mut out = BytesMut::new();
+                    messages::negotiate_protocol_version(&mut out, &names);
+                    stream.write_all(&out).await?;
+                }
+                return Ok(Handshake::Startup { params });
+            }
+        }
+    }
+    Err(HandshakeError::Rejected(ClientError::protocol(
+        "too many encryption requests",
+    )))
+}
+
+async fn read_packet<S: AsyncRead + Unpin>(stream: &mut S) -> Result<BytesMut, HandshakeError> {
+    let len = stream.read_u32().await? as usize;
+    if !(8..=MAX_STARTUP_PACKET_LENGTH).contains(&len) {
+        return Err(HandshakeError::Rejected(ClientError::protocol(format!(
+            "invalid startup packet length {len}"
+        ))));
+    }
+    let mut body = BytesMut::with_capacity(len - 4);
+    body.put_bytes(0, len - 4);
+    stream.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(version: u32, rest: &[u8]) -> Vec<u8> {
+        let mut v = ((rest.len() + 8) as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(&version.to_be_bytes());
+        v.extend_from_slice(rest);
+        v
+    }
+
+    #[tokio::test]
+    async fn ssl_refused_then_startup() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let mut input = packet(crate::protocol::SSL_REQUEST_CODE, b"");
+        input.extend(packet(
+            crate::protocol::PROTOCOL_3_0,
+            b"user\0app\0database\0acme\0\0",
+        ));
+        client.write_all(&input).await.expect("write");
+        let hs = negotiate(&mut server).await.expect("negotiates");
+        let mut answer = [0u8; 1];
+        client.read_exact(&mut answer).await.expect("read");
+        assert_eq!(&answer, b"N");
+        assert!(matches!(hs, Handshake::Startup { params } if params.len() == 2));
+    }
+
+    #[tokio::test]
+    async fn oversized_and_tiny_lengths_are_rejected() {
+        for len in [0u32, 7, 10_001, u32::MAX] {
+            let (mut client, mut server) = tokio::io::duplex(64);
+            client.write_all(&len.to_be_bytes()).await.expect("write");
+            let r = negotiate(&mut server).await;
+            assert!(
+                matches!(r, Err(HandshakeError::Rejected(e)) if e.code == "08P01"),
+                "len {len}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn newer_minor_version_gets_negotiation() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        client
+            .write_all(&packet(0x0003_0002, b"user\0app\0_pq_.x\0y\0\0"))
+            .await
+            .expect("write");
+        let hs = negotiate(&mut server).await.expect("negotiates");
+        assert!(matches!(hs, Handshake::Startup { params } if params.len() == 1));
+        let mut tag = [0u8; 1];
+        client.read_exact(&mut tag).await.expect("read");
+        assert_eq!(&tag, b"v");
+    }
+
+    #[tokio::test]
+    async fn endless_ssl_requests_are_cut_off() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let req = packet(crate::protocol::SSL_REQUEST_CODE, b"");
+        client
+            .write_all(&[req.clone(), req.clone(), req].concat())
+            .await
+            .expect("write");
+        assert!(matches!(
+            negotiate(&mut server).await,
+            Err(HandshakeError::Rejected(_))
+        ));
+    }
+}

@@ -1,0 +1,49 @@
+//! pgtenant: a tenant-routing Postgres proxy.
+//!
+//! An unmodified client connects with an ordinary URL; pgtenant reads the startup packet, resolves
+//! the tenant through the catalog, authenticates the client with that tenant's own credentials and
+//! relays the connection to a pooled backend connection that belongs to that tenant.
+//!
+//! ```text
+//! listener ─► handshake (SSLRequest/GSSENCRequest refused, StartupMessage or CancelRequest)
+//!          ─► resolve (database name | user.tenant | options  ─►  catalog snapshot)
+//!          ─► auth (SCRAM-SHA-256 / md5 / trust against the tenant user's stored verifier)
+//!          ─► pool.checkout(tenant) ─► relay (raw frames both ways) ─► reset ─► pool
+//! ```
+//!
+//! Module map (one responsibility each):
+//! - [`config`]: the TOML file, its defaults and validation.
+//! - [`error`]: client-facing errors with their SQLSTATE; internals stay in logs.
+//! - [`protocol`]: I/O-free wire pieces: startup parsing, frame scanning, message builders.
+//! - [`handshake`]: the pre-authentication leg of a client connection.
+//! - [`auth`]: SCRAM-SHA-256 / md5 / trust for clients, and the proxy's own backend login.
+//! - [`tenant`]: pure tenant resolution, the routing snapshot and the catalog sources.
+//! - [`pool`]: backend connections and per-tenant pools with a guard that returns on drop.
+//! - [`session`]: a client's life after login: parameter sync, the relay, cancel routing.
+//! - [`server`]: the accept loop, connection permits and shutdown.
+//! - [`localpg`]: throwaway local Postgres clusters (quickstart and tests).
+//! - [`quickstart`]: a throwaway local cluster with two demo tenants.
+//! - [`wire`]: bounded whole-message reads for the login legs.
+//! - [`cli`]: the command-line surface of the `pgtenant` binary.
+
+#![deny(
+    clippy::unwrap_used,
+    clippy::todo,
+    clippy::unimplemented,
+    clippy::dbg_macro
+)]
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod handshake;
+pub mod localpg;
+pub mod pool;
+pub mod protocol;
+pub mod quickstart;
+pub mod server;
+pub mod session;
+pub mod tenant;
+pub mod wire;

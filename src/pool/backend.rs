@@ -1,0 +1,199 @@
+//! One raw, authenticated backend connection: connect and log in, run the proxy's own simple
+//! queries (settings, rollback, reset), tell whether the peer is still there, and say goodbye
+//! with a Terminate when dropped.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::auth::backend::{BackendLoginError, login, set_param};
+use crate::protocol::{TxStatus, messages};
+use crate::tenant::BackendTarget;
+use crate::wire::{self, take_cstr};
+
+/// Largest reply accepted to one of the proxy's own queries.
+const MAX_REPLY_MESSAGE_LENGTH: usize = 1 << 20;
+
+/// Why a backend connection could not be made or used.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// TCP connect or I/O failure.
+    #[error("backend I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// Connect, login or a query took too long.
+    #[error("backend did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Login refused or broken.
+    #[error(transparent)]
+    Login(#[from] BackendLoginError),
+    /// One of the proxy's queries failed; `body` is the ErrorResponse body, to relay unchanged.
+    #[error("backend rejected a statement: {code} {message}")]
+    Statement {
+        /// SQLSTATE.
+        code: String,
+        /// Primary message.
+        message: String,
+        /// The raw ErrorResponse body.
+        body: Bytes,
+    },
+    /// The backend broke the protocol.
+    #[error("backend protocol error: {0}")]
+    Protocol(String),
+}
+
+impl From<wire::WireError> for BackendError {
+    fn from(e: wire::WireError) -> Self {
+        match e {
+            wire::WireError::Io(io) => BackendError::Io(io),
+            other => BackendError::Protocol(other.to_string()),
+        }
+    }
+}
+
+/// A logged-in backend connection.
+#[derive(Debug)]
+pub struct BackendConn {
+    /// The socket; the relay reads and writes it directly.
+    pub stream: TcpStream,
+    /// ParameterStatus values as the backend last reported them.
+    pub params: Vec<(String, String)>,
+    /// The backend's own cancel key.
+    pub pid: i32,
+    /// The backend's own cancel secret.
+    pub secret: Vec<u8>,
+    /// Peer address, where cancel requests go.
+    pub addr: SocketAddr,
+    /// Opened at.
+    pub created: Instant,
+    /// Returned to the pool at.
+    pub idle_since: Instant,
+}
+
+impl BackendConn {
+    /// Connects and logs in to `target`, all within `limit`.
+    pub async fn connect(
+        target: &BackendTarget,
+        limit: Duration,
+    ) -> Result<BackendConn, BackendError> {
+        timeout(limit, async {
+            let stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
+            stream.set_nodelay(true)?;
+            let addr = stream.peer_addr()?;
+            let mut stream = stream;
+            let login = login(&mut stream, target).await?;
+            let now = Instant::now();
+            Ok(BackendConn {
+                stream,
+                params: login.params,
+                pid: login.pid,
+                secret: login.secret,
+                addr,
+                created: now,
+                idle_since: now,
+            })
+        })
+        .await
+        .map_err(|_| BackendError::Timeout(limit))?
+    }
+
+    /// Runs `sql` with the simple protocol and reads up to ReadyForQuery, recording any
+    /// ParameterStatus. Fails with the backend's ErrorResponse if a statement failed.
+    pub async fn simple_query(
+        &mut self,
+        sql: &str,
+        limit: Duration,
+    ) -> Result<TxStatus, BackendError> {
+        let mut out = BytesMut::with_capacity(sql.len() + 8);
+        messages::query(&mut out, sql);
+        timeout(limit, async {
+            use tokio::io::AsyncWriteExt;
+            self.stream.write_all(&out).await?;
+            let mut rbuf = BytesMut::with_capacity(512);
+            let mut failure: Option<BackendError> = None;
+            loop {
+                let (tag, body) =
+                    wire::read_message(&mut self.stream, &mut rbuf, MAX_REPLY_MESSAGE_LENGTH)
+                        .await?;
+                match tag {
+                    b'S' => {
+                        if let Some((name, rest)) = take_cstr(&body)
+                            && let Some((value, _)) = take_cstr(rest)
+                        {
+                            set_param(&mut self.params, name, value);
+                        }
+                    }
+                    b'E' => {
+                        let (code, message) = messages::error_fields(&body);
+                        failure = Some(BackendError::Statement {
+                            code: code.unwrap_or("XX000").to_owned(),
+                            message: message.unwrap_or("").to_owned(),
+                            body: body.clone(),
+                        });
+                    }
+                    b'Z' => {
+                        let status = TxStatus::from_byte(body.first().copied().unwrap_or(b'E'));
+                        if !rbuf.is_empty() {
+                            return Err(BackendError::Protocol("data after ReadyForQuery".into()));
+                        }
+                        return match failure {
+                            Some(f) => Err(f),
+                            None => Ok(status),
+                        };
+                    }
+                    // Command completion, rows of a SHOW, notices: nothing to keep.
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .map_err(|_| BackendError::Timeout(limit))?
+    }
+
+    /// Makes the connection fit for another client: ROLLBACK if a transaction is open, then the
+    /// reset query. Any failure means the connection must be closed instead.
+    pub async fn reset(
+        &mut self,
+        status: TxStatus,
+        reset_query: &str,
+        limit: Duration,
+    ) -> Result<(), BackendError> {
+        if status != TxStatus::Idle {
+            self.simple_query("ROLLBACK", limit).await?;
+        }
+        if !reset_query.is_empty() && self.simple_query(reset_query, limit).await? != TxStatus::Idle
+        {
+            return Err(BackendError::Protocol(
+                "reset query left a transaction open".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// False when the backend closed the socket or sent something unasked (a FATAL from
+    /// pg_terminate_backend, say) while idle. Never blocks.
+    pub fn is_alive(&self) -> bool {
+        let mut probe = [0u8; 1];
+        match self.stream.try_read(&mut probe) {
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+            Ok(_) => false,
+        }
+    }
+
+    /// The value the backend last reported for a parameter.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Drop for BackendConn {
+    fn drop(&mut self) {
+        // Best effort Terminate so the server logs a clean disconnect; never blocks.
+        let _ = self.stream.try_write(&[b'X', 0, 0, 0, 4]);
+    }
+}

@@ -1,0 +1,241 @@
+//! The accept loop: one task per client under a global connection limit, each in a span carrying
+//! its id, peer, tenant and user; a maintenance tick for the pools; and a shutdown that stops
+//! accepting, tells clients, and ends every task.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rand::RngCore;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::config::{Config, ListenerConfig};
+use crate::error::ClientError;
+use crate::handshake::{self, Handshake, HandshakeError};
+use crate::pool::Pools;
+use crate::protocol::messages;
+use crate::session::cancel::CancelRegistry;
+use crate::session::{self, SessionEnd, StartupRequest};
+use crate::tenant::catalog::Catalog;
+
+/// Pool upkeep period.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// State every connection task shares, passed explicitly (no globals).
+pub struct Shared {
+    /// The configuration in force.
+    pub config: Arc<Config>,
+    /// The routing snapshot and its sources.
+    pub catalog: Arc<Catalog>,
+    /// Backend pools by tenant.
+    pub pools: Pools,
+    /// Live cancel keys.
+    pub cancels: Arc<CancelRegistry>,
+    /// Per-process key for decoy SCRAM salts (unknown users).
+    pub decoy_key: [u8; 32],
+    client_permits: Arc<Semaphore>,
+    next_client_id: AtomicU64,
+}
+
+/// A running proxy.
+pub struct ProxyHandle {
+    /// Where each listener actually bound (port 0 in config picks a free one).
+    pub addrs: Vec<SocketAddr>,
+    /// The shared state, for inspection.
+    pub shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ProxyHandle {
+    /// Stops accepting, closes every client with 57P01 and waits for all tasks to end.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Waits until the proxy stops by itself (it does not, short of a shutdown).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Binds every listener, starts following the catalog and serves until shut down.
+pub async fn start(config: Config) -> std::io::Result<ProxyHandle> {
+    let config = Arc::new(config);
+    let catalog = Catalog::new(config.clone());
+    let mut decoy_key = [0u8; 32];
+    rand::rng().fill_bytes(&mut decoy_key);
+    let shared = Arc::new(Shared {
+        client_permits: Arc::new(Semaphore::new(config.proxy.max_client_connections)),
+        config: config.clone(),
+        catalog,
+        pools: Pools::default(),
+        cancels: Arc::default(),
+        decoy_key,
+        next_client_id: AtomicU64::new(1),
+    });
+    let mut listeners = Vec::new();
+    let mut addrs = Vec::new();
+    for l in &config.listeners {
+        let listener = TcpListener::bind(l.address).await?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, auth = ?l.auth, "listening");
+        addrs.push(addr);
+        listeners.push((listener, l.clone()));
+    }
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(run(shared.clone(), listeners, stop_rx));
+    Ok(ProxyHandle {
+        addrs,
+        shared,
+        stop,
+        task,
+    })
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    listeners: Vec<(TcpListener, ListenerConfig)>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tasks = JoinSet::new();
+    if let Some(follow) = shared.catalog.start() {
+        tasks.spawn(async move {
+            let _ = follow.await;
+        });
+    }
+    let maint = shared.clone();
+    let mut maint_stop = stop.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => maint.pools.maintain(&maint.catalog.snapshot()),
+                _ = maint_stop.changed() => return,
+            }
+        }
+    });
+    for (listener, cfg) in listeners {
+        tasks.spawn(accept_loop(shared.clone(), listener, cfg, stop.clone()));
+    }
+    stopped(&mut stop).await;
+    tracing::info!("shutting down");
+    tasks.shutdown().await;
+    shared.pools.close_all();
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    cfg: ListenerConfig,
+    stop: watch::Receiver<bool>,
+) {
+    let mut clients = JoinSet::new();
+    let mut stop_accepting = stop.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let shared = shared.clone();
+                    let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
+                    let span = tracing::info_span!("client", id, %peer, tenant = tracing::field::Empty, user = tracing::field::Empty);
+                    let stop = stop.clone();
+                    clients.spawn(handle_client(shared, socket, cfg.clone(), stop).instrument(span));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = clients.join_next(), if !clients.is_empty() => {}
+            _ = stopped(&mut stop_accepting) => break,
+        }
+    }
+    // Clients see their shutdown in handle_client; wait for them to finish saying so.
+    while clients.join_next().await.is_some() {}
+}
+
+async fn handle_client(
+    shared: Arc<Shared>,
+    mut socket: TcpStream,
+    cfg: ListenerConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = socket.set_nodelay(true);
+    let started = tokio::time::Instant::now();
+    let Ok(_permit) = shared.client_permits.clone().try_acquire_owned() else {
+        tracing::warn!("client refused: too many clients");
+        write_error(
+            &mut socket,
+            &ClientError::too_many_clients(shared.config.proxy.max_client_connections),
+        )
+        .await;
+        return;
+    };
+    let login_deadline = started + shared.config.proxy.startup_timeout();
+    let served = async {
+        let hs = match tokio::time::timeout_at(login_deadline, handshake::negotiate(&mut socket))
+            .await
+        {
+            Err(_) => {
+                tracing::info!("client sent no startup packet in time");
+                write_error(&mut socket, &ClientError::protocol("startup timed out")).await;
+                return;
+            }
+            Ok(Err(HandshakeError::Io(e))) => {
+                tracing::debug!(error = %e, "client left during startup");
+                return;
+            }
+            Ok(Err(HandshakeError::Rejected(e))) => {
+                tracing::info!(error = %e, "startup rejected");
+                write_error(&mut socket, &e).await;
+                return;
+            }
+            Ok(Ok(hs)) => hs,
+        };
+        match hs {
+            Handshake::Cancel { pid, secret } => shared.cancels.cancel(pid, &secret).await,
+            Handshake::Startup { params } => {
+                let req = StartupRequest {
+                    params,
+                    auth: cfg.auth,
+                    login_deadline,
+                };
+                let end = session::serve(&shared, &mut socket, req).await;
+                let ms = started.elapsed().as_millis() as u64;
+                match end {
+                    SessionEnd::Refused(e) => {
+                        tracing::info!(duration_ms = ms, error = %e, "client refused")
+                    }
+                    other => tracing::info!(duration_ms = ms, end = ?other, "client disconnected"),
+                }
+            }
+        }
+    };
+    let stopped = tokio::select! {
+        _ = served => false,
+        _ = stopped(&mut stop) => true,
+    };
+    if stopped {
+        write_error(&mut socket, &ClientError::shutting_down()).await;
+    }
+}
+
+/// Resolves once shutdown is signalled. Cancel-safe.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn write_error(socket: &mut TcpStream, err: &ClientError) {
+    let mut out = BytesMut::new();
+    messages::error_response(&mut out, err);
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.write_all(&out)).await;
+}

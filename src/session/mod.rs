@@ -1,0 +1,205 @@
+//! A client's life after the handshake: resolve its tenant, authenticate it, wait out a pause,
+//! take a backend connection, carry its settings over, relay, and give the connection back clean.
+
+pub mod cancel;
+pub mod params;
+pub mod relay;
+pub mod state;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use crate::auth::client::{AuthRequest, authenticate};
+use crate::config::AuthMethod;
+use crate::error::ClientError;
+use crate::pool::{BackendError, CheckoutError, PooledConn};
+use crate::protocol::{TxStatus, messages};
+use crate::server::Shared;
+use crate::tenant::resolve::resolve;
+use crate::tenant::{Tenant, TenantStatus};
+use cancel::CancelTarget;
+use relay::{Relay, RelayEnd};
+use state::LinkState;
+
+/// How a session ended, for the disconnect log line.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// The client left; its connection went back to the pool or was closed if it was mid-query.
+    ClientLeft,
+    /// The backend went away under the client.
+    ServerGone,
+    /// The session was refused or broke; the client was told why.
+    Refused(ClientError),
+}
+
+/// What a client asked for at startup.
+pub struct StartupRequest {
+    /// Startup parameters.
+    pub params: Vec<(String, String)>,
+    /// The listener's authentication method.
+    pub auth: AuthMethod,
+    /// When login must be finished (handshake included).
+    pub login_deadline: Instant,
+}
+
+/// Serves one client from its startup parameters to its disconnect.
+pub async fn serve<C: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    client: &mut C,
+    req: StartupRequest,
+) -> SessionEnd {
+    let mut rbuf = BytesMut::new();
+    let (tenant, settings) = match login(shared, client, &mut rbuf, &req).await {
+        Ok(ok) => ok,
+        Err(e) => return refuse(client, e).await,
+    };
+    let mut guard = match checkout(shared, &tenant).await {
+        Ok(g) => g,
+        Err(e) => return refuse(client, e).await,
+    };
+    let reset_timeout = Duration::from_millis(shared.config.proxy.reset_timeout_ms);
+    // Carry the client's settings over; a bad value fails the login as the backend would.
+    let conn = guard.conn();
+    let sql = params::settings_sql(&settings, |n| conn.param(n));
+    if !sql.is_empty() {
+        match conn.simple_query(&sql, reset_timeout).await {
+            Ok(_) => {}
+            Err(BackendError::Statement { body, .. }) => {
+                let mut out = BytesMut::new();
+                messages::write_message(&mut out, b'E', |b| b.extend_from_slice(&body));
+                let _ = client.write_all(&out).await;
+                guard.release(TxStatus::Idle, reset_timeout).await;
+                return SessionEnd::ClientLeft;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "applying client settings failed");
+                return refuse(client, ClientError::backend_unavailable(&tenant.slug)).await;
+            }
+        }
+    }
+    let key = shared.cancels.register();
+    let conn = guard.conn();
+    key.set_target(Some(CancelTarget {
+        addr: conn.addr,
+        pid: conn.pid,
+        secret: conn.secret.clone(),
+    }));
+    let mut out = BytesMut::with_capacity(512);
+    messages::auth_ok(&mut out);
+    for (name, value) in &conn.params {
+        messages::parameter_status(&mut out, name, value);
+    }
+    messages::backend_key_data(&mut out, key.pid, key.secret());
+    messages::ready_for_query(&mut out, b'I');
+    if client.write_all(&out).await.is_err() {
+        guard.release(TxStatus::Idle, reset_timeout).await;
+        return SessionEnd::ClientLeft;
+    }
+    let mut link = LinkState::Ready(TxStatus::Idle);
+    let end = Relay::new(rbuf)
+        .run(client, &mut guard.conn().stream, &mut link)
+        .await;
+    key.set_target(None);
+    match end {
+        RelayEnd::ClientLeft => {
+            match link {
+                LinkState::Ready(status) => guard.release(status, reset_timeout).await,
+                // Mid-query: the backend may still be sending; closing is the only safe reset.
+                LinkState::Busy { .. } => drop(guard),
+            }
+            SessionEnd::ClientLeft
+        }
+        RelayEnd::ServerGone => SessionEnd::ServerGone,
+        RelayEnd::ClientProtocol(e) => refuse(client, ClientError::protocol(e.to_string())).await,
+        RelayEnd::ServerProtocol(e) => {
+            tracing::error!(error = %e, "backend broke the protocol");
+            refuse(client, ClientError::internal()).await
+        }
+    }
+}
+
+async fn refuse<C: AsyncWrite + Unpin>(client: &mut C, err: ClientError) -> SessionEnd {
+    let mut out = BytesMut::new();
+    messages::error_response(&mut out, &err);
+    let _ = client.write_all(&out).await;
+    SessionEnd::Refused(err)
+}
+
+/// Resolves, checks and authenticates; returns the (possibly resumed) tenant and the client's
+/// settings for the backend.
+async fn login<C: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    client: &mut C,
+    rbuf: &mut BytesMut,
+    req: &StartupRequest,
+) -> Result<(Arc<Tenant>, Vec<(String, String)>), ClientError> {
+    let resolved = resolve(&req.params, &shared.config.proxy.resolve)?;
+    let span = tracing::Span::current();
+    span.record("tenant", resolved.tenant.as_str());
+    span.record("user", resolved.user.as_str());
+    let settings = params::client_settings(&req.params, &resolved.settings)?;
+    let tenant = shared.catalog.snapshot().tenant(&resolved.tenant).cloned();
+    let tenant = tenant.ok_or_else(|| ClientError::unknown_tenant(&resolved.tenant))?;
+    if tenant.status == TenantStatus::Disabled {
+        return Err(ClientError::tenant_disabled(&tenant.slug));
+    }
+    let auth = AuthRequest {
+        method: req.auth,
+        user: &resolved.user,
+        stored: tenant.users.get(&resolved.user),
+        decoy_key: &shared.decoy_key,
+    };
+    tokio::time::timeout_at(req.login_deadline, authenticate(client, rbuf, auth))
+        .await
+        .map_err(|_| ClientError::protocol("authentication timed out"))??;
+    let tenant = wait_until_active(shared, tenant).await?;
+    Ok((tenant, settings))
+}
+
+/// Holds a client of a paused (or moving) tenant until the catalog says active again, up to the
+/// pause timeout.
+async fn wait_until_active(
+    shared: &Shared,
+    tenant: Arc<Tenant>,
+) -> Result<Arc<Tenant>, ClientError> {
+    if tenant.status == TenantStatus::Active {
+        return Ok(tenant);
+    }
+    let limit = Duration::from_millis(shared.config.proxy.pause_timeout_ms);
+    let started = Instant::now();
+    let mut updates = shared.catalog.subscribe();
+    let slug = tenant.slug.clone();
+    tracing::info!(tenant = %slug, "tenant is paused; client waits");
+    loop {
+        let current = updates.borrow_and_update().tenant(&slug).cloned();
+        match current {
+            None => return Err(ClientError::unknown_tenant(&slug)),
+            Some(t) if t.status == TenantStatus::Active => return Ok(t),
+            Some(t) if t.status == TenantStatus::Disabled => {
+                return Err(ClientError::tenant_disabled(&slug));
+            }
+            Some(_) => {}
+        }
+        match tokio::time::timeout_at(started + limit, updates.changed()).await {
+            Ok(Ok(())) => {}
+            _ => return Err(ClientError::tenant_paused(&slug, limit.as_millis() as u64)),
+        }
+    }
+}
+
+async fn checkout(shared: &Shared, tenant: &Tenant) -> Result<PooledConn, ClientError> {
+    let pool = shared.pools.pool_for(tenant);
+    pool.checkout().await.map_err(|e| match e {
+        CheckoutError::Timeout(waited) => {
+            ClientError::pool_exhausted(&tenant.slug, tenant.pool.size, waited.as_millis() as u64)
+        }
+        CheckoutError::Connect(e) => {
+            tracing::error!(error = %e, backend = ?tenant.backend, "backend connection failed");
+            ClientError::backend_unavailable(&tenant.slug)
+        }
+    })
+}

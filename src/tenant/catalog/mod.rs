@@ -1,0 +1,111 @@
+//! Where the routing snapshot comes from: the config file's `[[servers]]`/`[[tenants]]`, and,
+//! when configured, the Postgres catalog database, whose changes arrive by LISTEN/NOTIFY plus a
+//! periodic full reload. The catalog holds the current snapshot in a watch channel, so readers
+//! get it without locks and waiters (paused tenants) wake when it changes.
+
+pub mod migrate;
+pub mod postgres;
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tokio::sync::watch;
+
+use super::snapshot::{Snapshot, SnapshotSource};
+use crate::config::{Config, ServerConfig, TenantConfig};
+
+/// Catalog connection health, for logs and (later) metrics.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogHealth {
+    /// Last successful load from the catalog database.
+    pub last_load: Option<SystemTime>,
+    /// Last failure, while it lasts.
+    pub last_error: Option<String>,
+}
+
+/// The live snapshot and how it is kept current.
+pub struct Catalog {
+    config: Arc<Config>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    health: Mutex<CatalogHealth>,
+}
+
+impl Catalog {
+    /// A catalog serving the config file's tenants until the database (if any) loads.
+    pub fn new(config: Arc<Config>) -> Arc<Self> {
+        let (snapshot, warnings) = Snapshot::build(
+            &config.servers,
+            &config.tenants,
+            &config.pool,
+            SnapshotSource::Toml,
+        );
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        Arc::new(Catalog {
+            config,
+            snapshot: watch::Sender::new(Arc::new(snapshot)),
+            health: Mutex::default(),
+        })
+    }
+
+    /// The current routing table.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// A receiver that wakes on every new snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.subscribe()
+    }
+
+    /// Health of the catalog database link.
+    pub fn health(&self) -> CatalogHealth {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Installs rows loaded from the catalog database on top of the config file's.
+    pub fn install(&self, servers: Vec<ServerConfig>, tenants: Vec<TenantConfig>) {
+        let all_servers: Vec<ServerConfig> =
+            self.config.servers.iter().cloned().chain(servers).collect();
+        let all_tenants: Vec<TenantConfig> =
+            self.config.tenants.iter().cloned().chain(tenants).collect();
+        // Later server rows win too: keep the last row per name.
+        let mut dedup: Vec<ServerConfig> = Vec::with_capacity(all_servers.len());
+        for s in all_servers.into_iter().rev() {
+            if !dedup.iter().any(|d| d.name == s.name) {
+                dedup.push(s);
+            }
+        }
+        let (snapshot, warnings) = Snapshot::build(
+            &dedup,
+            &all_tenants,
+            &self.config.pool,
+            SnapshotSource::Catalog,
+        );
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        tracing::debug!(tenants = snapshot.len(), "catalog snapshot installed");
+        self.snapshot.send_replace(Arc::new(snapshot));
+        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        h.last_load = Some(SystemTime::now());
+        h.last_error = None;
+    }
+
+    fn record_error(&self, error: String) {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_error = Some(error);
+    }
+
+    /// Starts following the catalog database, if one is configured.
+    pub fn start(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let db = self.config.catalog.clone()?;
+        Some(tokio::spawn(postgres::follow(self.clone(), db)))
+    }
+}

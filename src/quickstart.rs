@@ -10,6 +10,14 @@ use crate::error::Secret;
 use crate::localpg::{ClusterOptions, LocalCluster};
 use crate::tenant::catalog;
 
+/// Prints a line, ignoring a closed stdout (a reader that went away must not stop the cleanup).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Password of the demo tenants' `app` user.
 pub const DEMO_PASSWORD: &str = "quickstart";
 
@@ -29,7 +37,7 @@ fn random_password() -> String {
 
 /// Runs the quick start until SIGINT/SIGTERM.
 pub async fn run(port: u16) -> anyhow::Result<()> {
-    println!("Starting a throwaway PostgreSQL cluster…");
+    say!("Starting a throwaway PostgreSQL cluster…");
     let opts = ClusterOptions {
         superuser_password: random_password(),
         ..Default::default()
@@ -61,29 +69,29 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
         updates.wait_for(|s| !s.is_empty()),
     )
     .await;
-    println!();
-    println!(
+    say!();
+    say!(
         "pgtenant is listening on 127.0.0.1:{port}, with tenants acme and globex (user app, password {DEMO_PASSWORD}):"
     );
-    println!();
+    say!();
     for (slug, _) in DEMO_TENANTS {
-        println!(
+        say!(
             "  psql \"postgresql://app:{DEMO_PASSWORD}@127.0.0.1:{port}/{slug}\" -c 'SELECT * FROM notes'"
         );
     }
-    println!(
+    say!(
         "  psql \"postgresql://app.globex:{DEMO_PASSWORD}@127.0.0.1:{port}/\"   # tenant as a user suffix"
     );
-    println!();
-    println!("The catalog (change tenants live with SQL):");
-    println!(
+    say!();
+    say!("The catalog (change tenants live with SQL):");
+    say!(
         "  psql \"{}\" -c 'TABLE pgtenant.tenants'",
         cluster.superuser_url("pgtenant_catalog")
     );
-    println!();
-    println!("Press Ctrl-C to stop and delete everything.");
+    say!();
+    say!("Press Ctrl-C to stop and delete everything.");
     crate::cli::wait_for_signal().await;
-    println!("Stopping…");
+    say!("Stopping…");
     proxy.shutdown().await;
     tokio::task::spawn_blocking(move || drop(cluster)).await?;
     Ok(())

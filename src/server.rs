@@ -106,10 +106,8 @@ async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tasks = JoinSet::new();
-    if let Some(follow) = shared.catalog.start() {
-        tasks.spawn(async move {
-            let _ = follow.await;
-        });
+    if let Some(follow) = shared.catalog.follower() {
+        tasks.spawn(follow);
     }
     let maint = shared.clone();
     let mut maint_stop = stop.clone();

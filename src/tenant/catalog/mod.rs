@@ -103,9 +103,9 @@ impl Catalog {
             .last_error = Some(error);
     }
 
-    /// Starts following the catalog database, if one is configured.
-    pub fn start(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+    /// The task that follows the catalog database, if one is configured; it runs until dropped.
+    pub fn follower(self: &Arc<Self>) -> Option<impl Future<Output = ()> + Send + 'static> {
         let db = self.config.catalog.clone()?;
-        Some(tokio::spawn(postgres::follow(self.clone(), db)))
+        Some(postgres::follow(self.clone(), db))
     }
 }

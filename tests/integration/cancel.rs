@@ -1,0 +1,67 @@
+//! Cancel requests: the proxy's key reaches the right backend; a wrong key does nothing.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_with_the_proxy_key_stops_the_query_and_a_wrong_key_does_nothing() {
+    let bed = bed();
+    let slug = unique("cancel");
+    create_tenant_db(&bed.a, &slug).await;
+    let toml = format!(
+        "{}{}{}",
+        listener_toml("scram-sha-256"),
+        bed.a.toml(SCRAM_ROLE),
+        tenant_toml(&slug, &bed.a, &slug, "")
+    );
+    let proxy = start_proxy(&toml).await;
+    let addr = proxy.addrs[0];
+
+    // tokio-postgres cancels with the BackendKeyData it got from the proxy.
+    let c = connect(addr, "app", &slug).await.expect("connects");
+    let token = c.cancel_token();
+    let running =
+        tokio::spawn(async move { c.query("SELECT pg_sleep(30)", &[]).await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel sent");
+    let e = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("query ends soon after the cancel")
+        .expect("task")
+        .expect_err("query was cancelled");
+    assert_eq!(sqlstate(&e), "57014");
+
+    // A wrong secret for a real key, and an unknown key: the query keeps running.
+    let mut raw = RawClient::login(addr, "app", &slug).await;
+    raw.send_query("SELECT pg_sleep(1.5)").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (pid, mut secret) = raw.key.clone();
+    secret[0] ^= 0xff;
+    for (p, s) in [(pid, secret), (pid.wrapping_add(1), raw.key.1.clone())] {
+        let mut s2 = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("cancel connection");
+        let mut msg = Vec::new();
+        msg.extend_from_slice(&16u32.to_be_bytes());
+        msg.extend_from_slice(&80_877_102u32.to_be_bytes());
+        msg.extend_from_slice(&p.to_be_bytes());
+        msg.extend_from_slice(&s);
+        s2.write_all(&msg).await.expect("send cancel");
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s2.read_to_end(&mut sink)).await;
+    }
+    let (tags, status) = raw.query("SELECT 1").await;
+    // The sleep's own reply arrives first and carries no error.
+    assert!(
+        !tags.contains(&b'E'),
+        "the query was not cancelled: {tags:?}"
+    );
+    assert_eq!(status, b'I');
+    proxy.shutdown().await;
+}

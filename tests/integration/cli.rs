@@ -1,0 +1,230 @@
+//! The `pgtenant` binary: catalog migrate, serve with signals, and the quick start.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pgtenant");
+
+fn sigterm(child: &std::process::Child, signal: i32) {
+    // SAFETY: signalling a child we spawned.
+    unsafe { libc::kill(child.id() as i32, signal) };
+}
+
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "pgtenant did not exit within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_migrate_is_idempotent_and_records_versions() {
+    let bed = bed();
+    let name = unique("climigrate");
+    bed.catalog
+        .superuser("postgres")
+        .await
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("db");
+    let url = bed.catalog.superuser_url(&name);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("pgtenant.toml");
+    std::fs::write(&cfg, format!("[catalog]\nurl = \"{url}\"\n")).expect("config");
+    for expected in ["applied versions [1]", "applied versions []"] {
+        let out = Command::new(BIN)
+            .args(["catalog", "migrate", "--config"])
+            .arg(&cfg)
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains(expected));
+    }
+    // The environment variable works too, and the password never reaches argv.
+    let out = Command::new(BIN)
+        .args(["catalog", "migrate"])
+        .env("PGTENANT_CATALOG_URL", &url)
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let c = connect_url(&url).await.expect("catalog");
+    let versions: Vec<i32> = c
+        .query("SELECT version FROM pgtenant.catalog_migrations", &[])
+        .await
+        .expect("versions")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, vec![1]);
+    for table in ["servers", "tenants", "tenant_users"] {
+        c.query(&format!("SELECT * FROM pgtenant.{table}"), &[])
+            .await
+            .expect("table exists");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_migrates_on_start_routes_and_exits_cleanly_on_sigterm() {
+    let bed = bed();
+    let name = unique("cliserve");
+    bed.catalog
+        .superuser("postgres")
+        .await
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("db");
+    let url = bed.catalog.superuser_url(&name);
+    let port = pgtenant::localpg::free_port().expect("port");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("pgtenant.toml");
+    std::fs::write(
+        &cfg,
+        format!("[[listeners]]\naddress = \"127.0.0.1:{port}\"\n[catalog]\nurl = \"{url}\"\nmigrate_on_start = true\n"),
+    )
+    .expect("config");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve");
+    // Once the schema exists, register a tenant and reach it through the proxy.
+    let slug = unique("served");
+    create_tenant_db(&bed.a, &slug).await;
+    let migrated = eventually(Duration::from_secs(20), || async {
+        match connect_url(&url).await {
+            Ok(c) => c.query("SELECT 1 FROM pgtenant.tenants", &[]).await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(migrated, "serve applied the catalog migrations");
+    let cat = connect_url(&url).await.expect("catalog");
+    cat.execute(
+        "INSERT INTO pgtenant.servers (name, host, port, backend_user, backend_password) VALUES ('a', '127.0.0.1', $1, $2, $3)",
+        &[&i32::from(bed.a.port), &SCRAM_ROLE, &PASSWORD],
+    )
+    .await
+    .expect("server");
+    catalog_add_tenant(
+        &cat,
+        &slug,
+        &Server {
+            name: "a",
+            port: bed.a.port,
+        },
+        &slug,
+    )
+    .await;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let routed = eventually(Duration::from_secs(10), || async {
+        match connect(addr, "app", &slug).await {
+            Ok(c) => whoami(&c).await == slug,
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(routed);
+    sigterm(&child, libc::SIGTERM);
+    let status = tokio::task::spawn_blocking(move || {
+        let s = wait_exit(&mut child, Duration::from_secs(20));
+        let mut log = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut log)
+            .expect("log");
+        (s, log)
+    })
+    .await
+    .expect("wait");
+    assert!(status.0.success(), "exit status {:?}", status.0);
+    assert!(
+        !status.1.contains(PASSWORD),
+        "the log never shows a password"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_serves_two_demo_tenants_and_stops_on_ctrl_c() {
+    let port = pgtenant::localpg::free_port().expect("port");
+    let mut child = Command::new(BIN)
+        .args(["quickstart", "--port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("quickstart starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.expect("line");
+            let done = line.contains("Press Ctrl-C");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    });
+    let lines = tokio::time::timeout(Duration::from_secs(120), lines)
+        .await
+        .expect("quickstart ready")
+        .expect("reader");
+    let urls: Vec<String> = lines
+        .iter()
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix("psql \"")
+                .and_then(|r| r.split('"').next())
+                .map(str::to_owned)
+        })
+        .collect();
+    assert!(urls.len() >= 3, "{lines:?}");
+    let psql = |url: &str, sql: &str| {
+        let out = Command::new(pg_bin("psql"))
+            .args([url, "-XAtc", sql])
+            .output()
+            .expect("psql");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(
+        psql(&urls[0], "SELECT body FROM notes"),
+        "Acme Corp's first note"
+    );
+    assert_eq!(
+        psql(&urls[1], "SELECT body FROM notes"),
+        "Globex Corp's first note"
+    );
+    assert_eq!(
+        psql(&urls[2], "SELECT body FROM notes"),
+        "Globex Corp's first note"
+    );
+    assert!(
+        psql(&urls[3], "SELECT count(*) FROM pgtenant.tenants") == "2",
+        "catalog URL works"
+    );
+    sigterm(&child, libc::SIGINT);
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(30)))
+            .await
+            .expect("wait");
+    assert!(status.success(), "{status:?}");
+    // Everything it started is gone: the catalog server no longer answers.
+    let out = Command::new(pg_bin("psql"))
+        .args([&urls[3], "-XAtc", "SELECT 1"])
+        .output()
+        .expect("psql");
+    assert!(!out.status.success(), "the throwaway cluster was stopped");
+}

@@ -1,0 +1,13 @@
+//! Integration tests: real Postgres clusters, real clients, the proxy in-process or as the
+//! `pgtenant` binary. One test binary so the clusters are started once per run.
+
+mod support;
+
+mod auth;
+mod cancel;
+mod catalog;
+mod cli;
+mod clients;
+mod hostile;
+mod pooling;
+mod routing;

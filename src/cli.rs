@@ -66,17 +66,38 @@ pub enum CatalogCommand {
 pub fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `serve` reads its config before the runtime exists: the config sizes the runtime.
+    let (cli, workers) = match cli.command {
+        Command::Serve { config } => match Config::load(&config) {
+            Ok(loaded) => {
+                let workers = loaded.proxy.worker_threads;
+                (Cli { command: Command::Serve { config } }, Some((loaded, workers)))
+            }
+            Err(e) => {
+                eprintln!("pgtenant: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        command => (Cli { command }, None),
+    };
+    let threads = workers.as_ref().map_or(1, |(_, w)| *w);
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if threads > 1 {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pgtenant: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let loaded = workers.map(|(c, _)| c);
+    match runtime.block_on(run(cli, loaded)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pgtenant: {e:#}");
@@ -94,9 +115,12 @@ fn init_logging() {
         .try_init();
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, loaded: Option<Config>) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config } => serve(config).await,
+        Command::Serve { config } => match loaded {
+            Some(c) => serve(c).await,
+            None => serve(Config::load(&config)?).await,
+        },
         Command::Quickstart { port } => crate::quickstart::run(port).await,
         Command::Catalog {
             command: CatalogCommand::Migrate { config },
@@ -153,8 +177,7 @@ pub async fn migrate_catalog(url: &Secret) -> anyhow::Result<Vec<i32>> {
         .context("applying catalog migrations")
 }
 
-async fn serve(path: PathBuf) -> anyhow::Result<()> {
-    let config = Config::load(&path)?;
+async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(c) = &config.catalog
         && c.migrate_on_start
     {

@@ -92,6 +92,9 @@ pub struct ProxyConfig {
     pub pause_timeout_ms: u64,
     /// Time allowed for a client-less backend connection to reset itself.
     pub reset_timeout_ms: u64,
+    /// Threads serving connections. One (the default) spends the least CPU per transaction,
+    /// like pgbouncer; more scale past one core's worth of traffic.
+    pub worker_threads: usize,
 }
 
 impl Default for ProxyConfig {
@@ -106,6 +109,7 @@ impl Default for ProxyConfig {
             max_client_connections: 10_000,
             pause_timeout_ms: 30_000,
             reset_timeout_ms: 5_000,
+            worker_threads: 1,
         }
     }
 }
@@ -300,6 +304,9 @@ impl Config {
         }
         if self.proxy.resolve.is_empty() {
             return bad("proxy.resolve must name at least one strategy".into());
+        }
+        if self.proxy.worker_threads == 0 || self.proxy.worker_threads > 1024 {
+            return bad("proxy.worker_threads must be between 1 and 1024".into());
         }
         if self.pool.size == 0 {
             return bad("pool.size must be at least 1".into());

@@ -78,6 +78,7 @@ impl Relay {
             make_room(&mut self.server_buf);
             // Both reads are cancel-safe: a read that loses the race has taken no bytes.
             tokio::select! {
+                biased;
                 r = client.read_buf(&mut self.client_buf) => {
                     if !matches!(r, Ok(n) if n > 0) {
                         return RelayEnd::ClientLeft;

@@ -37,16 +37,14 @@ pub fn resolve(
     for strategy in strategies {
         let candidate = match strategy {
             ResolveStrategy::Database => get("database")
-                // libpq sends the user name as the database when none is given: not a tenant.
-                .filter(|db| !db.is_empty() && *db != raw_user)
+                // libpq sends the user name as the database when none is given; for `app.acme`
+                // that default is not a tenant name.
+                .filter(|db| !db.is_empty() && !(*db == raw_user && split_user(raw_user).is_some()))
                 .map(|db| ("database name", db.to_owned())),
-            ResolveStrategy::UserSuffix => match raw_user.rsplit_once('.') {
-                Some((name, tenant)) if !name.is_empty() && !tenant.is_empty() => {
-                    user = name.to_owned();
-                    Some(("user name suffix", tenant.to_owned()))
-                }
-                _ => None,
-            },
+            ResolveStrategy::UserSuffix => split_user(raw_user).map(|(name, tenant)| {
+                user = name.to_owned();
+                ("user name suffix", tenant.to_owned())
+            }),
             ResolveStrategy::Options => options
                 .iter()
                 .find(|(n, _)| n == TENANT_OPTION)
@@ -76,6 +74,11 @@ pub fn resolve(
         user,
         settings,
     })
+}
+
+/// Splits `user.tenant` at the last dot, when both sides are non-empty.
+fn split_user(raw: &str) -> Option<(&str, &str)> {
+    raw.rsplit_once('.').filter(|(name, tenant)| !name.is_empty() && !tenant.is_empty())
 }
 
 /// Parses the `options` startup parameter the way the backend does: whitespace-separated
@@ -205,7 +208,8 @@ mod tests {
                 Err("08004"),
             ),
             (&[("user", "app")], &all, Err("3D000")),
-            (&[("user", "app"), ("database", "app")], &all, Err("3D000")),
+            // A tenant may share its name with the user.
+            (&[("user", "app"), ("database", "app")], &all, ok("app", "app")),
             (&[("user", ".acme")], &all, Err("3D000")),
             (&[("user", "app.")], &all, Err("3D000")),
             // A disabled strategy is ignored entirely.

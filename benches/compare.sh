@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Compares pgbench -S through nothing (direct), pgbouncer and pgtenant, in one run on this
+# machine, and prints tps, average latency and each proxy's CPU time per transaction.
+#
+#   bash benches/compare.sh                      # 3 runs of 15 s per row, medians
+#   DURATION=30 REPEAT=5 CLIENTS=16 bash benches/compare.sh
+#
+# Installs pgbouncer with apt-get when missing; builds pgtenant in release mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-15}
+REPEAT=${REPEAT:-3}
+CLIENTS=${CLIENTS:-16}
+SCALE=${SCALE:-10}
+PGBIN=$(dirname "$(readlink -f "$(command -v initdb || ls /usr/lib/postgresql/*/bin/initdb | tail -1)")")
+
+if ! command -v pgbouncer >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
+fi
+cargo build --release --quiet
+
+work=$(mktemp -d /tmp/pgtenant-bench.XXXXXX)
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+[ "$(id -u)" -eq 0 ] && chown postgres: "$work"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  as_pg "$PGBIN/pg_ctl" -D "$work/data" -m fast stop >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); TENANT_PORT=$(free_port)
+PASSWORD=bench-pw
+
+echo "$PASSWORD" > "$work/pw"; [ "$(id -u)" -eq 0 ] && chown postgres: "$work/pw"
+as_pg "$PGBIN/initdb" -D "$work/data" -U postgres --auth-host=scram-sha-256 --auth-local=trust \
+  --pwfile="$work/pw" -E UTF8 --locale=C --no-sync >/dev/null
+as_pg "$PGBIN/pg_ctl" -D "$work/data" -l "$work/pg.log" -w \
+  -o "-p $PG_PORT -k $work -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_buffers=256MB" start >/dev/null
+export PGPASSWORD=$PASSWORD
+"$PGBIN/psql" -qX -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "CREATE ROLE bench LOGIN PASSWORD '$PASSWORD'" \
+  -c "CREATE DATABASE bench OWNER bench" postgres
+"$PGBIN/pgbench" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U bench bench 2>/dev/null
+
+cat > "$work/pgbouncer.ini" <<INI
+[databases]
+bench = host=127.0.0.1 port=$PG_PORT dbname=bench
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $work/userlist.txt
+pool_mode = session
+default_pool_size = $((CLIENTS + 4))
+max_client_conn = 1000
+logfile = $work/pgbouncer.log
+INI
+echo "\"bench\" \"$PASSWORD\"" > "$work/userlist.txt"
+[ "$(id -u)" -eq 0 ] && chown postgres: "$work/pgbouncer.ini" "$work/userlist.txt"
+as_pg pgbouncer -q "$work/pgbouncer.ini" >/dev/null 2>&1 &
+pids+=($!)
+
+VERIFIER=$(printf '%s' "$PASSWORD" | target/release/pgtenant hash-password)
+cat > "$work/pgtenant.toml" <<TOML
+[[listeners]]
+address = "127.0.0.1:$TENANT_PORT"
+[proxy]
+worker_threads = ${WORKERS:-1}
+[pool]
+size = $((CLIENTS + 4))
+[[servers]]
+name = "local"
+host = "127.0.0.1"
+port = $PG_PORT
+user = "bench"
+password = "$PASSWORD"
+[[tenants]]
+slug = "bench"
+server = "local"
+[[tenants.users]]
+name = "bench"
+password_hash = "$VERIFIER"
+TOML
+PGTENANT_LOG=warn target/release/pgtenant serve --config "$work/pgtenant.toml" >"$work/pgtenant.log" 2>&1 &
+pids+=($!)
+sleep 1
+BOUNCER_PID=$(pgrep -f "^pgbouncer .*$work/pgbouncer.ini" | head -1)
+TENANT_PID=$(pgrep -f "pgtenant serve --config $work/pgtenant.toml" | head -1)
+pids+=("$BOUNCER_PID")
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+split_ticks() { awk '{print "user=" $14 " sys=" $15}' "/proc/$1/stat"; }
+CLK_TCK=$(getconf CLK_TCK)
+
+row() { # name port pid mode [extra pgbench flags]
+  local name=$1 port=$2 pid=$3 mode=$4; shift 4
+  local before=0 after=0
+  [ "$pid" != "-" ] && before=$(ticks "$pid")
+  if [ -n "${PROFILE:-}" ] && [ "$name" = "$PROFILE" ] && [ "$mode" = simple ]; then
+    perf record -q -e cpu-clock -g -p "$pid" -o "/tmp/perf-$name.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+  fi
+  if [ -n "${STRACE:-}" ] && [ "$pid" != "-" ] && [ "$mode" = simple ]; then
+    timeout 3 strace -c -f -p "$pid" -o "/tmp/strace-$name.txt" >/dev/null 2>&1 &
+  fi
+  local out
+  out=$("$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -S -M "$mode" -c "$CLIENTS" -j 2 -T "$DURATION" "$@" bench 2>&1) || { echo "$name $mode failed: $(tail -3 <<<"$out")" >&2; cat "$work/pgtenant.log" >&2; }
+  [ "$pid" != "-" ] && after=$(ticks "$pid")
+  [ -n "${SPLIT:-}" ] && [ "$pid" != "-" ] && echo "$name $(split_ticks "$pid")" >&2
+  local txns tps lat
+  txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
+  tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
+  lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")
+  local cpu="-"
+  if [ "$pid" != "-" ] && [ -n "$txns" ] && [ "$txns" -gt 0 ]; then
+    cpu=$(awk -v t=$((after - before)) -v n="$txns" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", t * 1000000 / hz / n }')
+  fi
+  echo "$name $mode ${tps:-0} ${lat:-0} ${cpu}" >> "$work/results"
+}
+
+echo
+echo "pgbench -S, $CLIENTS clients, ${DURATION}s per run, median of $REPEAT interleaved runs, scale $SCALE,"
+echo "session pooling; $(nproc) cores, $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo
+for mode in simple extended prepared; do
+  for _ in $(seq "$REPEAT"); do
+    row direct "$PG_PORT" - "$mode"
+    row pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID" "$mode"
+    row pgtenant "$TENANT_PORT" "$TENANT_PID" "$mode"
+  done
+done
+python3 - "$work/results" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, mode, tps, lat, cpu = line.split()
+    r = rows.setdefault((name, mode), {"tps": [], "lat": [], "cpu": []})
+    r["tps"].append(float(tps)); r["lat"].append(float(lat))
+    if cpu != "-": r["cpu"].append(float(cpu))
+med = lambda v: statistics.median(v) if v else None
+print("| target    | protocol | tps    | avg latency (ms) | proxy CPU µs/txn |")
+print("|-----------|----------|--------|------------------|------------------|")
+for mode in ("simple", "extended", "prepared"):
+    for name in ("direct", "pgbouncer", "pgtenant"):
+        r = rows.get((name, mode))
+        if not r: continue
+        cpu = med(r["cpu"])
+        print(f"| {name:<9} | {mode:<8} | {med(r['tps']):6.0f} | {med(r['lat']):16.3f} | {'-' if cpu is None else f'{cpu:.1f}':>16} |")
+print()
+for mode in ("simple", "extended", "prepared"):
+    b, t = rows.get(("pgbouncer", mode)), rows.get(("pgtenant", mode))
+    if b and t and med(b["cpu"]) and med(b["tps"]):
+        print(f"{mode}: pgtenant/pgbouncer tps {med(t['tps'])/med(b['tps']):.2f}, CPU per txn {med(t['cpu'])/med(b['cpu']):.2f}")
+PY

@@ -58,9 +58,17 @@ fn startup_parsing(c: &mut Criterion) {
         Ok(startup::StartupPacket::Startup { params, .. }) => params,
         other => panic!("benchmark input does not parse: {other:?}"),
     };
-    let strategies = [ResolveStrategy::Database, ResolveStrategy::UserSuffix, ResolveStrategy::Options];
-    c.bench_function("startup_parse", |b| b.iter(|| black_box(startup::parse(black_box(&body)).is_ok())));
-    c.bench_function("tenant_resolve", |b| b.iter(|| black_box(resolve(black_box(&params), &strategies).is_ok())));
+    let strategies = [
+        ResolveStrategy::Database,
+        ResolveStrategy::UserSuffix,
+        ResolveStrategy::Options,
+    ];
+    c.bench_function("startup_parse", |b| {
+        b.iter(|| black_box(startup::parse(black_box(&body)).is_ok()))
+    });
+    c.bench_function("tenant_resolve", |b| {
+        b.iter(|| black_box(resolve(black_box(&params), &strategies).is_ok()))
+    });
 }
 
 fn snapshot_lookup(c: &mut Criterion) {
@@ -87,9 +95,16 @@ fn snapshot_lookup(c: &mut Criterion) {
             users: vec![],
         })
         .collect();
-    let (snap, _) = Snapshot::build(&servers, &tenants, &PoolDefaults::default(), SnapshotSource::Catalog);
+    let (snap, _) = Snapshot::build(
+        &servers,
+        &tenants,
+        &PoolDefaults::default(),
+        SnapshotSource::Catalog,
+    );
     assert_eq!(snap.len(), 100_000);
-    let keys: Vec<String> = (0..100_000).map(|i| format!("tenant-{}", (i * 7919) % 100_000)).collect();
+    let keys: Vec<String> = (0..100_000)
+        .map(|i| format!("tenant-{}", (i * 7919) % 100_000))
+        .collect();
     c.bench_function("snapshot_lookup_100k", |b| {
         let mut i = 0;
         b.iter(|| {
@@ -98,7 +113,18 @@ fn snapshot_lookup(c: &mut Criterion) {
         })
     });
     c.bench_function("snapshot_build_100k", |b| {
-        b.iter(|| black_box(Snapshot::build(&servers, &tenants, &PoolDefaults::default(), SnapshotSource::Catalog).0.len()))
+        b.iter(|| {
+            black_box(
+                Snapshot::build(
+                    &servers,
+                    &tenants,
+                    &PoolDefaults::default(),
+                    SnapshotSource::Catalog,
+                )
+                .0
+                .len(),
+            )
+        })
     });
 }
 

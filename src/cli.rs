@@ -71,7 +71,12 @@ pub fn main() -> ExitCode {
         Command::Serve { config } => match Config::load(&config) {
             Ok(loaded) => {
                 let workers = loaded.proxy.worker_threads;
-                (Cli { command: Command::Serve { config } }, Some((loaded, workers)))
+                (
+                    Cli {
+                        command: Command::Serve { config },
+                    },
+                    Some((loaded, workers)),
+                )
             }
             Err(e) => {
                 eprintln!("pgtenant: {e}");

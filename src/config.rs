@@ -440,3 +440,16 @@ mod tests {
         assert!(!format!("{c:?}").contains("p'"), "secrets are redacted");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    #[test]
+    fn shipped_config_files_are_valid() {
+        for file in ["config/pgtenant.example.toml", "config/pgtenant.toml"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+            if let Err(e) = super::Config::load(&path) {
+                panic!("{file}: {e}");
+            }
+        }
+    }
+}

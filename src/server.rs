@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -24,6 +24,9 @@ use crate::session::cancel::CancelRegistry;
 use crate::session::{self, SessionEnd, StartupRequest};
 use crate::tenant::catalog::Catalog;
 
+/// How long shutdown waits for clients to be told and closed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Pool upkeep period.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -41,6 +44,7 @@ pub struct Shared {
     pub decoy_key: [u8; 32],
     client_permits: Arc<Semaphore>,
     next_client_id: AtomicU64,
+    shutting_down: AtomicBool,
 }
 
 /// A running proxy.
@@ -80,6 +84,7 @@ pub async fn start(config: Config) -> std::io::Result<ProxyHandle> {
         cancels: Arc::default(),
         decoy_key,
         next_client_id: AtomicU64::new(1),
+        shutting_down: AtomicBool::new(false),
     });
     let mut listeners = Vec::new();
     let mut addrs = Vec::new();
@@ -105,10 +110,8 @@ async fn run(
     listeners: Vec<(TcpListener, ListenerConfig)>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let follower = shared.catalog.follower().map(tokio::spawn);
     let mut tasks = JoinSet::new();
-    if let Some(follow) = shared.catalog.follower() {
-        tasks.spawn(follow);
-    }
     let maint = shared.clone();
     let mut maint_stop = stop.clone();
     tasks.spawn(async move {
@@ -116,7 +119,7 @@ async fn run(
         loop {
             tokio::select! {
                 _ = tick.tick() => maint.pools.maintain(&maint.catalog.snapshot()),
-                _ = maint_stop.changed() => return,
+                _ = stopped(&mut maint_stop) => return,
             }
         }
     });
@@ -125,7 +128,18 @@ async fn run(
     }
     stopped(&mut stop).await;
     tracing::info!("shutting down");
+    // Accept loops end once every client has been told 57P01; give them a bounded moment.
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("clients did not close in time; dropping them");
+    }
     tasks.shutdown().await;
+    if let Some(f) = follower {
+        f.abort();
+    }
     shared.pools.close_all();
 }
 
@@ -133,10 +147,9 @@ async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
     cfg: ListenerConfig,
-    stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) {
     let mut clients = JoinSet::new();
-    let mut stop_accepting = stop.clone();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -144,8 +157,7 @@ async fn accept_loop(
                     let shared = shared.clone();
                     let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
                     let span = tracing::info_span!("client", id, %peer, tenant = tracing::field::Empty, user = tracing::field::Empty);
-                    let stop = stop.clone();
-                    clients.spawn(handle_client(shared, socket, cfg.clone(), stop).instrument(span));
+                    clients.spawn(handle_client(shared, socket, cfg.clone()).instrument(span));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -154,76 +166,81 @@ async fn accept_loop(
                 }
             },
             Some(_) = clients.join_next(), if !clients.is_empty() => {}
-            _ = stopped(&mut stop_accepting) => break,
+            _ = stopped(&mut stop) => break,
         }
     }
-    // Clients see their shutdown in handle_client; wait for them to finish saying so.
+    // Each dropped client task says 57P01 on its way out (see ClientSocket).
+    shared.shutting_down.store(true, Ordering::Release);
+    clients.abort_all();
     while clients.join_next().await.is_some() {}
 }
 
-async fn handle_client(
+/// A client's socket. If its task is dropped while the proxy shuts down, it says goodbye with
+/// 57P01 on the way out: no per-wakeup cost for watching the shutdown signal.
+struct ClientSocket {
+    stream: TcpStream,
     shared: Arc<Shared>,
-    mut socket: TcpStream,
-    cfg: ListenerConfig,
-    mut stop: watch::Receiver<bool>,
-) {
+}
+
+impl Drop for ClientSocket {
+    fn drop(&mut self) {
+        if self.shared.shutting_down.load(Ordering::Acquire) {
+            let mut out = BytesMut::new();
+            messages::error_response(&mut out, &ClientError::shutting_down());
+            let _ = self.stream.try_write(&out);
+        }
+    }
+}
+
+async fn handle_client(shared: Arc<Shared>, socket: TcpStream, cfg: ListenerConfig) {
     let _ = socket.set_nodelay(true);
+    let mut client = ClientSocket {
+        stream: socket,
+        shared: shared.clone(),
+    };
+    let socket = &mut client.stream;
     let started = tokio::time::Instant::now();
     let Ok(_permit) = shared.client_permits.clone().try_acquire_owned() else {
         tracing::warn!("client refused: too many clients");
-        write_error(
-            &mut socket,
-            &ClientError::too_many_clients(shared.config.proxy.max_client_connections),
-        )
-        .await;
+        let limit = shared.config.proxy.max_client_connections;
+        write_error(socket, &ClientError::too_many_clients(limit)).await;
         return;
     };
     let login_deadline = started + shared.config.proxy.startup_timeout();
-    let served = async {
-        let hs = match tokio::time::timeout_at(login_deadline, handshake::negotiate(&mut socket))
-            .await
-        {
-            Err(_) => {
-                tracing::info!("client sent no startup packet in time");
-                write_error(&mut socket, &ClientError::protocol("startup timed out")).await;
-                return;
-            }
-            Ok(Err(HandshakeError::Io(e))) => {
-                tracing::debug!(error = %e, "client left during startup");
-                return;
-            }
-            Ok(Err(HandshakeError::Rejected(e))) => {
-                tracing::info!(error = %e, "startup rejected");
-                write_error(&mut socket, &e).await;
-                return;
-            }
-            Ok(Ok(hs)) => hs,
-        };
-        match hs {
-            Handshake::Cancel { pid, secret } => shared.cancels.cancel(pid, &secret).await,
-            Handshake::Startup { params } => {
-                let req = StartupRequest {
-                    params,
-                    auth: cfg.auth,
-                    login_deadline,
-                };
-                let end = session::serve(&shared, &mut socket, req).await;
-                let ms = started.elapsed().as_millis() as u64;
-                match end {
-                    SessionEnd::Refused(e) => {
-                        tracing::info!(duration_ms = ms, error = %e, "client refused")
-                    }
-                    other => tracing::info!(duration_ms = ms, end = ?other, "client disconnected"),
+    let hs = match tokio::time::timeout_at(login_deadline, handshake::negotiate(socket)).await {
+        Err(_) => {
+            tracing::info!("client sent no startup packet in time");
+            write_error(socket, &ClientError::protocol("startup timed out")).await;
+            return;
+        }
+        Ok(Err(HandshakeError::Io(e))) => {
+            tracing::debug!(error = %e, "client left during startup");
+            return;
+        }
+        Ok(Err(HandshakeError::Rejected(e))) => {
+            tracing::info!(error = %e, "startup rejected");
+            write_error(socket, &e).await;
+            return;
+        }
+        Ok(Ok(hs)) => hs,
+    };
+    match hs {
+        Handshake::Cancel { pid, secret } => shared.cancels.cancel(pid, &secret).await,
+        Handshake::Startup { params } => {
+            let req = StartupRequest {
+                params,
+                auth: cfg.auth,
+                login_deadline,
+            };
+            let end = session::serve(&shared, socket, req).await;
+            let ms = started.elapsed().as_millis() as u64;
+            match end {
+                SessionEnd::Refused(e) => {
+                    tracing::info!(duration_ms = ms, error = %e, "client refused")
                 }
+                other => tracing::info!(duration_ms = ms, end = ?other, "client disconnected"),
             }
         }
-    };
-    let stopped = tokio::select! {
-        _ = served => false,
-        _ = stopped(&mut stop) => true,
-    };
-    if stopped {
-        write_error(&mut socket, &ClientError::shutting_down()).await;
     }
 }
 

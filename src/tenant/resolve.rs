@@ -78,7 +78,8 @@ pub fn resolve(
 
 /// Splits `user.tenant` at the last dot, when both sides are non-empty.
 fn split_user(raw: &str) -> Option<(&str, &str)> {
-    raw.rsplit_once('.').filter(|(name, tenant)| !name.is_empty() && !tenant.is_empty())
+    raw.rsplit_once('.')
+        .filter(|(name, tenant)| !name.is_empty() && !tenant.is_empty())
 }
 
 /// Parses the `options` startup parameter the way the backend does: whitespace-separated
@@ -209,7 +210,11 @@ mod tests {
             ),
             (&[("user", "app")], &all, Err("3D000")),
             // A tenant may share its name with the user.
-            (&[("user", "app"), ("database", "app")], &all, ok("app", "app")),
+            (
+                &[("user", "app"), ("database", "app")],
+                &all,
+                ok("app", "app"),
+            ),
             (&[("user", ".acme")], &all, Err("3D000")),
             (&[("user", "app.")], &all, Err("3D000")),
             // A disabled strategy is ignored entirely.

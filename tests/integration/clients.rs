@@ -140,3 +140,57 @@ impl StdinStr for Command {
         self.stdin(std::fs::File::open(&path).expect("stdin file"))
     }
 }
+
+/// Where Debian's libpostgresql-jdbc-java puts the driver (.ci/run installs it).
+const JDBC_JAR: &str = "/usr/share/java/postgresql.jar";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jdbc_connects_and_uses_server_side_prepares() {
+    let (proxy, slug) = tenant_proxy().await;
+    assert!(
+        std::path::Path::new(JDBC_JAR).exists(),
+        "{JDBC_JAR} missing: .ci/run installs libpostgresql-jdbc-java"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    // prepareThreshold=1: the driver switches to named server-side statements at once.
+    let source = format!(
+        r#"
+import java.sql.*;
+public class Probe {{
+    public static void main(String[] a) throws Exception {{
+        String url = "jdbc:postgresql://127.0.0.1:{port}/{slug}?prepareThreshold=1&sslmode=disable";
+        try (Connection c = DriverManager.getConnection(url, "app", "{PASSWORD}")) {{
+            PreparedStatement ps = c.prepareStatement("SELECT name, ?::int FROM whoami");
+            for (int i = 0; i < 10; i++) {{
+                ps.setInt(1, i);
+                try (ResultSet rs = ps.executeQuery()) {{
+                    rs.next();
+                    if (rs.getInt(2) != i) throw new AssertionError("wrong row");
+                    if (i == 9) System.out.println(rs.getString(1));
+                }}
+            }}
+            try (ResultSet rs = c.createStatement().executeQuery("SELECT count(*) FROM pg_prepared_statements WHERE NOT from_sql")) {{
+                rs.next();
+                System.out.println(rs.getLong(1) > 0 ? "server-prepared" : "not-prepared");
+            }}
+        }}
+    }}
+}}
+"#,
+        port = proxy.addrs[0].port()
+    );
+    std::fs::write(dir.path().join("Probe.java"), source).expect("source");
+    let (ok, _, err) =
+        run(Command::new("javac")
+            .current_dir(dir.path())
+            .args(["-cp", JDBC_JAR, "Probe.java"]));
+    assert!(ok, "javac: {err}");
+    let cp = format!("{JDBC_JAR}:{}", dir.path().display());
+    let (ok, out, err) = run(Command::new("java").args(["-cp", &cp, "Probe"]));
+    assert!(ok, "JDBC probe failed: {err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec![slug.as_str(), "server-prepared"]
+    );
+    proxy.shutdown().await;
+}

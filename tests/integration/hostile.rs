@@ -242,3 +242,17 @@ async fn clients_beyond_the_global_limit_get_53300() {
     assert_eq!(sqlstate(&e), "53300");
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_tells_connected_clients_57p01() {
+    let (proxy, slug) = proxy("").await;
+    let mut raw = RawClient::login(proxy.addrs[0], "app", &slug).await;
+    raw.query("SELECT 1").await;
+    proxy.shutdown().await;
+    let (tag, body) = raw.read().await;
+    assert_eq!(tag, b'E');
+    assert_eq!(
+        pgtenant::protocol::messages::error_fields(&body).0,
+        Some("57P01")
+    );
+}

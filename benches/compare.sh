@@ -104,7 +104,7 @@ row() { # name port pid mode [extra pgbench flags]
     perf record -q -e cpu-clock -g -p "$pid" -o "/tmp/perf-$name.data" -- sleep "$DURATION" >/dev/null 2>&1 &
   fi
   if [ -n "${STRACE:-}" ] && [ "$pid" != "-" ] && [ "$mode" = simple ]; then
-    timeout 3 strace -c -f -p "$pid" -o "/tmp/strace-$name.txt" >/dev/null 2>&1 &
+    timeout 3 strace ${STRACE_ARGS:--c} -f -p "$pid" -o "/tmp/strace-$name.txt" >/dev/null 2>&1 &
   fi
   local out
   out=$("$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -S -M "$mode" -c "$CLIENTS" -j 2 -T "$DURATION" "$@" bench 2>&1) || { echo "$name $mode failed: $(tail -3 <<<"$out")" >&2; cat "$work/pgtenant.log" >&2; }

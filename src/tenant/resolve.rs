@@ -39,7 +39,9 @@ pub fn resolve(
             ResolveStrategy::Database => get("database")
                 // libpq sends the user name as the database when none is given; for `app.acme`
                 // that default is not a tenant name.
-                .filter(|db| !(db.is_empty() || (*db == raw_user && split_user(raw_user).is_some())))
+                .filter(|db| {
+                    !(db.is_empty() || (*db == raw_user && split_user(raw_user).is_some()))
+                })
                 .map(|db| ("database name", db.to_owned())),
             ResolveStrategy::UserSuffix => split_user(raw_user).map(|(name, tenant)| {
                 user = name.to_owned();

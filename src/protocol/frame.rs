@@ -112,16 +112,19 @@ impl FrameScanner {
     }
 }
 
+/// One whole message, for tests.
+#[cfg(test)]
+pub(crate) fn test_message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_message as msg;
     use super::*;
-
-    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut v = vec![tag];
-        v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        v.extend_from_slice(body);
-        v
-    }
 
     fn tags(s: &mut FrameScanner, buf: &[u8]) -> (Vec<(u8, u8)>, Scanned) {
         let mut seen = Vec::new();

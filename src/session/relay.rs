@@ -169,13 +169,7 @@ fn make_room(buf: &mut BytesMut) {
 mod tests {
     use super::*;
     use crate::protocol::TxStatus;
-
-    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut v = vec![tag];
-        v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        v.extend_from_slice(body);
-        v
-    }
+    use crate::protocol::frame::test_message as msg;
 
     #[tokio::test]
     async fn relays_both_ways_and_stops_at_terminate() {

@@ -9,18 +9,15 @@ fn server_as(server: &Server, name: &str, role: &str) -> String {
     )
 }
 
+/// A second tenant user, `legacy`, stored with an md5 hash.
+fn legacy_user() -> String {
+    let md5 = postgres_protocol::password::md5(PASSWORD.as_bytes(), "legacy");
+    format!("[[tenants.users]]\nname = \"legacy\"\npassword_hash = \"{md5}\"\n")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_accepts_the_right_password_and_refuses_others_with_28p01() {
-    let bed = bed();
-    let slug = unique("scram");
-    create_tenant_db(&bed.a, &slug).await;
-    let toml = format!(
-        "{}{}{}",
-        listener_toml("scram-sha-256"),
-        bed.a.toml(SCRAM_ROLE),
-        tenant_toml(&slug, &bed.a, &slug, "")
-    );
-    let proxy = start_proxy(&toml).await;
+    let (proxy, slug) = single_tenant_proxy("scram-sha-256", "", "").await;
     let addr = proxy.addrs[0];
     assert_eq!(
         whoami(&connect(addr, "app", &slug).await.expect("right password")).await,
@@ -42,17 +39,7 @@ async fn scram_accepts_the_right_password_and_refuses_others_with_28p01() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn md5_listener_uses_md5_hashes_and_scram_verifiers() {
-    let bed = bed();
-    let slug = unique("md5");
-    create_tenant_db(&bed.a, &slug).await;
-    let md5 = postgres_protocol::password::md5(PASSWORD.as_bytes(), "legacy");
-    let toml = format!(
-        "{}{}{}[[tenants.users]]\nname = \"legacy\"\npassword_hash = \"{md5}\"\n",
-        listener_toml("md5"),
-        bed.a.toml(SCRAM_ROLE),
-        tenant_toml(&slug, &bed.a, &slug, "")
-    );
-    let proxy = start_proxy(&toml).await;
+    let (proxy, slug) = single_tenant_proxy("md5", "", &legacy_user()).await;
     let addr = proxy.addrs[0];
     connect(addr, "legacy", &slug)
         .await
@@ -73,17 +60,7 @@ async fn md5_listener_uses_md5_hashes_and_scram_verifiers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_listener_refuses_md5_only_users() {
-    let bed = bed();
-    let slug = unique("nomd5");
-    create_tenant_db(&bed.a, &slug).await;
-    let md5 = postgres_protocol::password::md5(PASSWORD.as_bytes(), "legacy");
-    let toml = format!(
-        "{}{}{}[[tenants.users]]\nname = \"legacy\"\npassword_hash = \"{md5}\"\n",
-        listener_toml("scram-sha-256"),
-        bed.a.toml(SCRAM_ROLE),
-        tenant_toml(&slug, &bed.a, &slug, "")
-    );
-    let proxy = start_proxy(&toml).await;
+    let (proxy, slug) = single_tenant_proxy("scram-sha-256", "", &legacy_user()).await;
     let e = connect(proxy.addrs[0], "legacy", &slug)
         .await
         .expect_err("md5 hash cannot do SCRAM");
@@ -93,16 +70,7 @@ async fn scram_listener_refuses_md5_only_users() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trust_listener_takes_no_password() {
-    let bed = bed();
-    let slug = unique("trust");
-    create_tenant_db(&bed.a, &slug).await;
-    let toml = format!(
-        "{}{}{}",
-        listener_toml("trust"),
-        bed.a.toml(SCRAM_ROLE),
-        tenant_toml(&slug, &bed.a, &slug, "")
-    );
-    let proxy = start_proxy(&toml).await;
+    let (proxy, slug) = single_tenant_proxy("trust", "", "").await;
     connect_with(proxy.addrs[0], "anyone", "", &slug, "")
         .await
         .expect("trust");

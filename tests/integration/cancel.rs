@@ -8,16 +8,7 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_with_the_proxy_key_stops_the_query_and_a_wrong_key_does_nothing() {
-    let bed = bed();
-    let slug = unique("cancel");
-    create_tenant_db(&bed.a, &slug).await;
-    let toml = format!(
-        "{}{}{}",
-        listener_toml("scram-sha-256"),
-        bed.a.toml(SCRAM_ROLE),
-        tenant_toml(&slug, &bed.a, &slug, "")
-    );
-    let proxy = start_proxy(&toml).await;
+    let (proxy, slug) = single_tenant_proxy("scram-sha-256", "", "").await;
     let addr = proxy.addrs[0];
 
     // tokio-postgres cancels with the BackendKeyData it got from the proxy.

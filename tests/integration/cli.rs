@@ -27,17 +27,22 @@ fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn catalog_migrate_is_idempotent_and_records_versions() {
-    let bed = bed();
-    let name = unique("climigrate");
-    bed.catalog
+/// A new, empty database on the catalog server; returns its URL.
+async fn empty_catalog_db() -> String {
+    let name = unique("cli");
+    let server = &bed().catalog;
+    server
         .superuser("postgres")
         .await
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
         .expect("db");
-    let url = bed.catalog.superuser_url(&name);
+    server.superuser_url(&name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_migrate_is_idempotent_and_records_versions() {
+    let url = empty_catalog_db().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("pgtenant.toml");
     std::fs::write(&cfg, format!("[catalog]\nurl = \"{url}\"\n")).expect("config");
@@ -80,14 +85,7 @@ async fn catalog_migrate_is_idempotent_and_records_versions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_migrates_on_start_routes_and_exits_cleanly_on_sigterm() {
     let bed = bed();
-    let name = unique("cliserve");
-    bed.catalog
-        .superuser("postgres")
-        .await
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("db");
-    let url = bed.catalog.superuser_url(&name);
+    let url = empty_catalog_db().await;
     let port = pgtenant::localpg::free_port().expect("port");
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("pgtenant.toml");

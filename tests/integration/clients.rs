@@ -5,16 +5,7 @@ use std::process::Command;
 use crate::support::*;
 
 async fn tenant_proxy() -> (pgtenant::server::ProxyHandle, String) {
-    let bed = bed();
-    let slug = unique("clients");
-    create_tenant_db(&bed.a, &slug).await;
-    let toml = format!(
-        "{}{}{}",
-        listener_toml("scram-sha-256"),
-        bed.a.toml(SCRAM_ROLE),
-        tenant_toml(&slug, &bed.a, &slug, "")
-    );
-    (start_proxy(&toml).await, slug)
+    single_tenant_proxy("scram-sha-256", "", "").await
 }
 
 fn run(cmd: &mut Command) -> (bool, String, String) {

@@ -31,16 +31,7 @@ fn count_proxy_panics() {
 
 async fn proxy(extra: &str) -> (pgtenant::server::ProxyHandle, String) {
     count_proxy_panics();
-    let bed = bed();
-    let slug = unique("hostile");
-    create_tenant_db(&bed.a, &slug).await;
-    let toml = format!(
-        "{}{extra}\n{}{}",
-        listener_toml("scram-sha-256"),
-        bed.a.toml(SCRAM_ROLE),
-        tenant_toml(&slug, &bed.a, &slug, "")
-    );
-    (start_proxy(&toml).await, slug)
+    single_tenant_proxy("scram-sha-256", extra, "").await
 }
 
 /// Sends `bytes`, then reads whatever comes back until the proxy closes (or 5 s pass).

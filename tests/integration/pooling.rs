@@ -6,16 +6,7 @@ use std::time::Duration;
 use crate::support::*;
 
 async fn one_tenant(pool: &str) -> (pgtenant::server::ProxyHandle, String) {
-    let bed = bed();
-    let slug = unique("pool");
-    create_tenant_db(&bed.a, &slug).await;
-    let toml = format!(
-        "{}{}{}",
-        listener_toml("scram-sha-256"),
-        bed.a.toml(SCRAM_ROLE),
-        tenant_toml(&slug, &bed.a, &slug, pool)
-    );
-    (start_proxy(&toml).await, slug)
+    single_tenant_proxy("scram-sha-256", "", pool).await
 }
 
 async fn backend_pid(c: &tokio_postgres::Client) -> i32 {

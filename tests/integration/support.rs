@@ -409,3 +409,23 @@ pub async fn backends_on(server: &Server, db: &str) -> i64 {
         .expect("count")
         .get(0)
 }
+
+/// A proxy with one tenant (user `app`) on server A in a database of its own, listening with
+/// `auth`. `proxy_extra` is TOML placed before the servers (e.g. a `[proxy]` table);
+/// `tenant_extra` goes into the tenant's table.
+pub async fn single_tenant_proxy(
+    auth: &str,
+    proxy_extra: &str,
+    tenant_extra: &str,
+) -> (ProxyHandle, String) {
+    let bed = bed();
+    let slug = unique("t");
+    create_tenant_db(&bed.a, &slug).await;
+    let toml = format!(
+        "{}{proxy_extra}\n{}{}",
+        listener_toml(auth),
+        bed.a.toml(SCRAM_ROLE),
+        tenant_toml(&slug, &bed.a, &slug, tenant_extra)
+    );
+    (start_proxy(&toml).await, slug)
+}

@@ -203,3 +203,31 @@ async fn known_tenants_keep_working_while_the_catalog_is_down_and_it_reconnects(
         .await
         .expect("drop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_periodic_reload_catches_changes_whose_notification_was_missed() {
+    let bed = bed();
+    let url = create_catalog(&bed.catalog, &[&bed.a]).await;
+    let cat = connect_url(&url).await.expect("catalog");
+    let toml = format!(
+        "{}[catalog]\nurl = \"{url}\"\nreload_interval_ms = 300\n",
+        listener_toml("scram-sha-256")
+    );
+    let proxy = start_proxy(&toml).await;
+    let addr = proxy.addrs[0];
+    // Silence the triggers: only the timer can bring this tenant in.
+    cat.batch_execute(
+        "ALTER TABLE pgtenant.tenants DISABLE TRIGGER tenants_notify;
+         ALTER TABLE pgtenant.tenant_users DISABLE TRIGGER tenant_users_notify;",
+    )
+    .await
+    .expect("disable triggers");
+    let slug = unique("quiet");
+    create_tenant_db(&bed.a, &slug).await;
+    catalog_add_tenant(&cat, &slug, &bed.a, &slug).await;
+    assert!(
+        eventually(Duration::from_secs(10), || routes_to(addr, &slug, &slug)).await,
+        "the full reload picked up the silent insert"
+    );
+    proxy.shutdown().await;
+}

@@ -1,21 +1,30 @@
 //! The hot path: raw frames both ways between a client and its backend connection. Only frame
-//! headers are read (for Terminate and ReadyForQuery); bodies pass through untouched, and the two
-//! buffers are reused for the whole session, so relaying allocates nothing per message.
+//! headers are read (for Terminate and ReadyForQuery); bodies pass through untouched. Each
+//! direction has its own fixed buffer, and both directions progress independently inside one
+//! poll, so a client that pipelines more than every socket buffer holds while it reads replies
+//! never deadlocks the two legs against each other. Nothing is allocated per message.
 
+use std::future::poll_fn;
 use std::ops::ControlFlow;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::state::LinkState;
 use crate::protocol::MAX_CLIENT_MESSAGE_LENGTH;
-use crate::protocol::frame::{FrameError, FrameScanner};
+use crate::protocol::frame::{Frame, FrameError, FrameScanner};
 
 /// Size of each direction's buffer: 32 KiB a client in all, so 10,000 clients fit in 320 MiB.
 pub const RELAY_BUFFER_SIZE: usize = 16 * 1024;
 
-/// Below this much free space, a buffer is compacted before the next read.
+/// Below this much free space at the end, a buffer is compacted before the next read.
 const MIN_READ_SPACE: usize = 4 * 1024;
+
+/// How long the last words of a departing backend (its FATAL error) may take to reach the client.
+const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a relay ended.
 #[derive(Debug)]
@@ -30,12 +39,62 @@ pub enum RelayEnd {
     ServerProtocol(FrameError),
 }
 
+/// One direction: bytes read from one side, waiting to be written to the other.
+/// `buf[start..ready]` holds whole-header-checked bytes to forward, `buf[ready..end]` a partial
+/// header waiting for the rest.
+struct Pipe {
+    buf: Box<[u8]>,
+    start: usize,
+    ready: usize,
+    end: usize,
+    scanner: FrameScanner,
+}
+
+impl Pipe {
+    fn new(max_frame: usize, initial: &[u8]) -> Self {
+        let mut buf = vec![0u8; RELAY_BUFFER_SIZE.max(initial.len())].into_boxed_slice();
+        buf[..initial.len()].copy_from_slice(initial);
+        Pipe {
+            buf,
+            start: 0,
+            ready: 0,
+            end: initial.len(),
+            scanner: FrameScanner::new(max_frame),
+        }
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.start..self.ready]
+    }
+
+    /// Scans newly read bytes; true when the callback stopped before a frame.
+    fn scan(&mut self, on_frame: impl FnMut(Frame) -> ControlFlow<()>) -> Result<bool, FrameError> {
+        let scanned = self
+            .scanner
+            .scan(&self.buf[self.ready..self.end], on_frame)?;
+        self.ready += scanned.forward;
+        Ok(scanned.stopped)
+    }
+
+    /// Free space to read into, compacting first when the tail is short; empty when the buffer
+    /// is full of bytes the other side has not taken yet (backpressure).
+    fn space(&mut self) -> &mut [u8] {
+        if self.start == self.end {
+            (self.start, self.ready, self.end) = (0, 0, 0);
+        } else if self.buf.len() - self.end < MIN_READ_SPACE && self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.ready, self.end) = (self.ready - self.start, self.end - self.start);
+            self.start = 0;
+        }
+        &mut self.buf[self.end..]
+    }
+}
+
 /// Both directions of one client's relay.
 pub struct Relay {
-    client_buf: BytesMut,
-    server_buf: BytesMut,
-    client_scan: FrameScanner,
-    server_scan: FrameScanner,
+    to_server: Pipe,
+    to_client: Pipe,
+    client_done: bool,
 }
 
 impl Default for Relay {
@@ -46,13 +105,11 @@ impl Default for Relay {
 
 impl Relay {
     /// A relay starting with whatever the client already sent after its login.
-    pub fn new(mut client_buf: BytesMut) -> Self {
-        client_buf.reserve(RELAY_BUFFER_SIZE);
+    pub fn new(client_bytes: BytesMut) -> Self {
         Relay {
-            client_buf,
-            server_buf: BytesMut::with_capacity(RELAY_BUFFER_SIZE),
-            client_scan: FrameScanner::new(MAX_CLIENT_MESSAGE_LENGTH),
-            server_scan: FrameScanner::new(usize::MAX),
+            to_server: Pipe::new(MAX_CLIENT_MESSAGE_LENGTH, &client_bytes),
+            to_client: Pipe::new(usize::MAX, &[]),
+            client_done: false,
         }
     }
 
@@ -67,101 +124,150 @@ impl Relay {
         C: AsyncRead + AsyncWrite + Unpin,
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        // Bytes that arrived with the login go first.
-        if !self.client_buf.is_empty()
-            && let Some(end) = self.client_to_server(server, link).await
-        {
+        // Bytes that arrived with the login have not been looked at yet.
+        if let Err(end) = self.scan_client(link) {
             return end;
         }
-        loop {
-            make_room(&mut self.client_buf);
-            make_room(&mut self.server_buf);
-            // Both reads are cancel-safe: a read that loses the race has taken no bytes.
-            tokio::select! {
-                biased;
-                r = client.read_buf(&mut self.client_buf) => {
-                    if !matches!(r, Ok(n) if n > 0) {
-                        return RelayEnd::ClientLeft;
-                    }
-                    if let Some(end) = self.client_to_server(server, link).await {
-                        return end;
-                    }
-                }
-                r = server.read_buf(&mut self.server_buf) => {
-                    if !matches!(r, Ok(n) if n > 0) {
-                        return RelayEnd::ServerGone;
-                    }
-                    if let Some(end) = self.server_to_client(client, link).await {
-                        return end;
-                    }
-                }
-            }
+        let end = poll_fn(|cx| self.poll_relay(cx, client, server, link)).await;
+        if matches!(end, RelayEnd::ServerGone) && !self.to_client.pending().is_empty() {
+            let _ = tokio::time::timeout(
+                FINAL_FLUSH_TIMEOUT,
+                client.write_all(self.to_client.pending()),
+            )
+            .await;
         }
+        end
     }
 
-    async fn client_to_server<S: AsyncWrite + Unpin>(
-        &mut self,
-        server: &mut S,
-        link: &mut LinkState,
-    ) -> Option<RelayEnd> {
-        let scanned = self.client_scan.scan(&self.client_buf, |f| {
+    /// Scans what the client sent since the last scan: stops at Terminate, tracks the link.
+    fn scan_client(&mut self, link: &mut LinkState) -> Result<(), RelayEnd> {
+        let scanned = self.to_server.scan(|f| {
             if f.tag == b'X' {
                 return ControlFlow::Break(());
             }
             link.on_client_frame(f.tag);
             ControlFlow::Continue(())
         });
-        let scanned = match scanned {
-            Ok(s) => s,
-            Err(e) => return Some(RelayEnd::ClientProtocol(e)),
-        };
-        if scanned.forward > 0 {
-            if server
-                .write_all(&self.client_buf[..scanned.forward])
-                .await
-                .is_err()
-            {
-                return Some(RelayEnd::ServerGone);
+        match scanned {
+            Ok(stopped) => {
+                self.client_done = stopped;
+                Ok(())
             }
-            self.client_buf.advance(scanned.forward);
+            Err(e) => Err(RelayEnd::ClientProtocol(e)),
         }
-        scanned.stopped.then_some(RelayEnd::ClientLeft)
     }
 
-    async fn server_to_client<C: AsyncWrite + Unpin>(
+    /// Moves whatever can move without blocking, in both directions, until nothing can; then
+    /// every blocked operation has registered its wake-up.
+    fn poll_relay<C, S>(
         &mut self,
+        cx: &mut Context<'_>,
         client: &mut C,
+        server: &mut S,
         link: &mut LinkState,
-    ) -> Option<RelayEnd> {
-        let scanned = self.server_scan.scan(&self.server_buf, |f| {
-            if f.tag == b'Z' {
-                link.on_ready_for_query(f.status);
+    ) -> Poll<RelayEnd>
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        loop {
+            let mut progress = false;
+            if let Some(moved) = write_pending(cx, server, &mut self.to_server) {
+                match moved {
+                    Ok(()) => progress = true,
+                    Err(()) => return Poll::Ready(RelayEnd::ServerGone),
+                }
             }
-            ControlFlow::Continue(())
-        });
-        let scanned = match scanned {
-            Ok(s) => s,
-            Err(e) => return Some(RelayEnd::ServerProtocol(e)),
-        };
-        if scanned.forward > 0 {
-            if client
-                .write_all(&self.server_buf[..scanned.forward])
-                .await
-                .is_err()
-            {
-                return Some(RelayEnd::ClientLeft);
+            if let Some(moved) = write_pending(cx, client, &mut self.to_client) {
+                match moved {
+                    Ok(()) => progress = true,
+                    Err(()) => return Poll::Ready(RelayEnd::ClientLeft),
+                }
             }
-            self.server_buf.advance(scanned.forward);
+            if self.client_done && self.to_server.pending().is_empty() {
+                return Poll::Ready(RelayEnd::ClientLeft);
+            }
+            if !self.client_done {
+                match read_into(cx, client, &mut self.to_server) {
+                    ReadOutcome::Blocked => {}
+                    ReadOutcome::Closed => return Poll::Ready(RelayEnd::ClientLeft),
+                    ReadOutcome::Read => {
+                        progress = true;
+                        if let Err(end) = self.scan_client(link) {
+                            return Poll::Ready(end);
+                        }
+                    }
+                }
+            }
+            match read_into(cx, server, &mut self.to_client) {
+                ReadOutcome::Blocked => {}
+                ReadOutcome::Closed => return Poll::Ready(RelayEnd::ServerGone),
+                ReadOutcome::Read => {
+                    progress = true;
+                    let scanned = self.to_client.scan(|f| {
+                        if f.tag == b'Z' {
+                            link.on_ready_for_query(f.status);
+                        }
+                        ControlFlow::Continue(())
+                    });
+                    if let Err(e) = scanned {
+                        return Poll::Ready(RelayEnd::ServerProtocol(e));
+                    }
+                }
+            }
+            if !progress {
+                return Poll::Pending;
+            }
         }
-        None
     }
 }
 
-/// Compacts a mostly-consumed buffer in place so the next read has room; never grows it past
-/// [`RELAY_BUFFER_SIZE`] since at most a partial header is ever left behind.
-fn make_room(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < MIN_READ_SPACE {
-        buf.reserve(RELAY_BUFFER_SIZE - buf.len());
+/// Writes what `pipe` holds for `to`: `None` when there was nothing to write or the peer is not
+/// ready (wake-up registered), `Some(Ok)` when bytes moved, `Some(Err)` when the peer is gone.
+fn write_pending<W: AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    to: &mut W,
+    pipe: &mut Pipe,
+) -> Option<Result<(), ()>> {
+    if pipe.pending().is_empty() {
+        return None;
+    }
+    match Pin::new(to).poll_write(cx, pipe.pending()) {
+        Poll::Pending => None,
+        Poll::Ready(Ok(n)) if n > 0 => {
+            pipe.start += n;
+            Some(Ok(()))
+        }
+        Poll::Ready(_) => Some(Err(())),
+    }
+}
+
+enum ReadOutcome {
+    /// Nothing to read now (wake-up registered), or no room until the other side drains.
+    Blocked,
+    /// End of stream or error.
+    Closed,
+    /// Bytes arrived.
+    Read,
+}
+
+fn read_into<R: AsyncRead + Unpin>(
+    cx: &mut Context<'_>,
+    from: &mut R,
+    pipe: &mut Pipe,
+) -> ReadOutcome {
+    let space = pipe.space();
+    if space.is_empty() {
+        return ReadOutcome::Blocked;
+    }
+    let mut rb = ReadBuf::new(space);
+    match Pin::new(from).poll_read(cx, &mut rb) {
+        Poll::Pending => ReadOutcome::Blocked,
+        Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+            pipe.end += rb.filled().len();
+            ReadOutcome::Read
+        }
+        Poll::Ready(_) => ReadOutcome::Closed,
     }
 }
 
@@ -170,6 +276,7 @@ mod tests {
     use super::*;
     use crate::protocol::TxStatus;
     use crate::protocol::frame::test_message as msg;
+    use tokio::io::AsyncReadExt;
 
     #[tokio::test]
     async fn relays_both_ways_and_stops_at_terminate() {

@@ -289,3 +289,41 @@ async fn backend_errors_reach_the_client_unchanged() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_pipeline_flows_both_ways_without_deadlock() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (proxy, slug) = one_tenant("").await;
+    let raw = RawClient::login(proxy.addrs[0], "app", &slug).await;
+    // Far more requests, and replies, than every socket buffer on the way holds together: the
+    // client writes them all before reading, while reading on the side as a pipelining driver does.
+    const QUERIES: usize = 20_000;
+    let sql = format!("SELECT repeat('x', 2000) -- {}", "p".repeat(1000));
+    let mut batch = bytes::BytesMut::new();
+    for _ in 0..QUERIES {
+        postgres_protocol::message::frontend::query(&sql, &mut batch).expect("query");
+    }
+    let (mut rd, mut wr) = raw.stream.into_split();
+    let writer = tokio::spawn(async move { wr.write_all(&batch).await.map(|_| wr) });
+    let reader = tokio::spawn(async move {
+        let (mut ready, mut buf) = (0usize, vec![0u8; 1 << 16]);
+        // The last five bytes of the previous read, so a ReadyForQuery split between reads counts.
+        let mut seen: Vec<u8> = Vec::new();
+        while ready < QUERIES {
+            let n = rd.read(&mut buf).await.expect("read");
+            assert!(n > 0, "proxy closed the connection");
+            seen.extend_from_slice(&buf[..n]);
+            ready += seen.windows(6).filter(|w| w == b"Z\0\0\0\x05I").count();
+            seen.drain(..seen.len() - 5);
+        }
+        ready
+    });
+    let done = tokio::time::timeout(Duration::from_secs(60), async {
+        (writer.await, reader.await)
+    })
+    .await;
+    let (w, r) = done.expect("the pipeline completed instead of deadlocking");
+    w.expect("writer").expect("write");
+    assert_eq!(r.expect("reader"), QUERIES);
+    proxy.shutdown().await;
+}

@@ -122,14 +122,20 @@ row() { # name port pid mode [extra pgbench flags]
 }
 
 echo
-echo "pgbench -S, $CLIENTS clients, ${DURATION}s per run, median of $REPEAT interleaved runs, scale $SCALE,"
+echo "pgbench -S, $CLIENTS clients, ${DURATION}s per run, median of $REPEAT interleaved runs (proxy order alternating), scale $SCALE,"
 echo "session pooling; $(nproc) cores, $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo
 for mode in simple extended prepared; do
-  for _ in $(seq "$REPEAT"); do
+  for i in $(seq "$REPEAT"); do
     row direct "$PG_PORT" - "$mode"
-    row pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID" "$mode"
-    row pgtenant "$TENANT_PORT" "$TENANT_PID" "$mode"
+    # Alternate which proxy goes first, so neither always runs on a warmer machine.
+    if [ $((i % 2)) -eq 1 ]; then
+      row pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID" "$mode"
+      row pgtenant "$TENANT_PORT" "$TENANT_PID" "$mode"
+    else
+      row pgtenant "$TENANT_PORT" "$TENANT_PID" "$mode"
+      row pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID" "$mode"
+    fi
   done
 done
 python3 - "$work/results" <<'PY'

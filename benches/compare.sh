@@ -85,7 +85,7 @@ server = "local"
 name = "bench"
 password_hash = "$VERIFIER"
 TOML
-PGTENANT_LOG=warn target/release/pgtenant serve --config "$work/pgtenant.toml" >"$work/pgtenant.log" 2>&1 &
+PGTENANT_LOG=${PGTENANT_LOG:-info} target/release/pgtenant serve --config "$work/pgtenant.toml" >"$work/pgtenant.log" 2>&1 &
 pids+=($!)
 sleep 1
 BOUNCER_PID=$(pgrep -f "^pgbouncer .*$work/pgbouncer.ini" | head -1)

@@ -267,11 +267,6 @@ impl LocalCluster {
     pub fn restart(&mut self, opts: &ClusterOptions) -> anyhow::Result<()> {
         self.launch(opts, self.port)
     }
-
-    /// Where the cluster lives.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
 }
 
 impl Drop for LocalCluster {

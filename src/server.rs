@@ -63,11 +63,6 @@ impl ProxyHandle {
         let _ = self.stop.send(true);
         let _ = self.task.await;
     }
-
-    /// Waits until the proxy stops by itself (it does not, short of a shutdown).
-    pub async fn wait(self) {
-        let _ = self.task.await;
-    }
 }
 
 /// Binds every listener, starts following the catalog and serves until shut down.

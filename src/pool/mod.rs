@@ -59,11 +59,6 @@ impl Pools {
         fresh
     }
 
-    /// The pool of a tenant if one exists.
-    pub fn get(&self, slug: &str) -> Option<Arc<TenantPool>> {
-        self.lock().get(slug).cloned()
-    }
-
     /// Periodic upkeep: retire pools of tenants gone from the catalog, close idle connections past
     /// their idle timeout or lifetime or closed by the server, and open connections up to
     /// `min_idle`.
@@ -132,11 +127,6 @@ impl TenantPool {
     /// Idle connections right now.
     pub fn idle_count(&self) -> usize {
         self.idle().len()
-    }
-
-    /// Connections checked out right now.
-    pub fn active_count(&self) -> usize {
-        self.settings.size as usize - self.permits.available_permits()
     }
 
     fn retire(&self) {
@@ -231,11 +221,6 @@ impl PooledConn {
         self.conn
             .as_mut()
             .expect("a PooledConn holds its connection until consumed")
-    }
-
-    /// The pool it came from.
-    pub fn pool(&self) -> &Arc<TenantPool> {
-        &self.pool
     }
 
     /// Resets the connection (ROLLBACK when `status` is not idle, then the reset query) and

@@ -44,13 +44,4 @@ impl TxStatus {
             _ => TxStatus::Failed,
         }
     }
-
-    /// The status byte.
-    pub fn as_byte(self) -> u8 {
-        match self {
-            TxStatus::Idle => b'I',
-            TxStatus::InBlock => b'T',
-            TxStatus::Failed => b'E',
-        }
-    }
 }

@@ -83,11 +83,6 @@ impl Snapshot {
     pub fn is_empty(&self) -> bool {
         self.tenants.is_empty()
     }
-
-    /// All tenants, in no particular order.
-    pub fn tenants(&self) -> impl Iterator<Item = &Arc<Tenant>> {
-        self.tenants.values()
-    }
 }
 
 fn build_tenant(

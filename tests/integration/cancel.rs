@@ -6,6 +6,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
+/// Waits until `query` runs on database `db` of server A.
+async fn sleeping(db: &str, query: &str) -> bool {
+    let admin = bed().a.superuser("postgres").await;
+    eventually(Duration::from_secs(10), || async {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query = $2 AND state = 'active'",
+                &[&db, &query],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0) == 1)
+            .unwrap_or(false)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_with_the_proxy_key_stops_the_query_and_a_wrong_key_does_nothing() {
     let (proxy, slug) = single_tenant_proxy("scram-sha-256", "", "").await;
@@ -16,7 +32,10 @@ async fn cancel_with_the_proxy_key_stops_the_query_and_a_wrong_key_does_nothing(
     let token = c.cancel_token();
     let running =
         tokio::spawn(async move { c.query("SELECT pg_sleep(30)", &[]).await.map(|_| ()) });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        sleeping(&slug, "SELECT pg_sleep(30)").await,
+        "the query started"
+    );
     token
         .cancel_query(tokio_postgres::NoTls)
         .await
@@ -31,7 +50,10 @@ async fn cancel_with_the_proxy_key_stops_the_query_and_a_wrong_key_does_nothing(
     // A wrong secret for a real key, and an unknown key: the query keeps running.
     let mut raw = RawClient::login(addr, "app", &slug).await;
     raw.send_query("SELECT pg_sleep(1.5)").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        sleeping(&slug, "SELECT pg_sleep(1.5)").await,
+        "the query started"
+    );
     let (pid, mut secret) = raw.key.clone();
     secret[0] ^= 0xff;
     for (p, s) in [(pid, secret), (pid.wrapping_add(1), raw.key.1.clone())] {

@@ -170,26 +170,34 @@ impl Relay {
         C: AsyncRead + AsyncWrite + Unpin,
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        // Operations that returned Pending in this call have registered their wake-up; polling
+        // them again before we return would only repeat that registration.
+        let mut waiting = Waiting::default();
         loop {
             let mut progress = false;
-            if let Some(moved) = write_pending(cx, server, &mut self.to_server) {
-                match moved {
-                    Ok(()) => progress = true,
-                    Err(()) => return Poll::Ready(RelayEnd::ServerGone),
+            if !waiting.server_write {
+                match write_pending(cx, server, &mut self.to_server) {
+                    WriteOutcome::Idle => {}
+                    WriteOutcome::Blocked => waiting.server_write = true,
+                    WriteOutcome::Wrote => progress = true,
+                    WriteOutcome::Gone => return Poll::Ready(RelayEnd::ServerGone),
                 }
             }
-            if let Some(moved) = write_pending(cx, client, &mut self.to_client) {
-                match moved {
-                    Ok(()) => progress = true,
-                    Err(()) => return Poll::Ready(RelayEnd::ClientLeft),
+            if !waiting.client_write {
+                match write_pending(cx, client, &mut self.to_client) {
+                    WriteOutcome::Idle => {}
+                    WriteOutcome::Blocked => waiting.client_write = true,
+                    WriteOutcome::Wrote => progress = true,
+                    WriteOutcome::Gone => return Poll::Ready(RelayEnd::ClientLeft),
                 }
             }
             if self.client_done && self.to_server.pending().is_empty() {
                 return Poll::Ready(RelayEnd::ClientLeft);
             }
-            if !self.client_done {
+            if !self.client_done && !waiting.client_read {
                 match read_into(cx, client, &mut self.to_server) {
-                    ReadOutcome::Blocked => {}
+                    ReadOutcome::Full => {}
+                    ReadOutcome::Blocked => waiting.client_read = true,
                     ReadOutcome::Closed => return Poll::Ready(RelayEnd::ClientLeft),
                     ReadOutcome::Read => {
                         progress = true;
@@ -199,19 +207,22 @@ impl Relay {
                     }
                 }
             }
-            match read_into(cx, server, &mut self.to_client) {
-                ReadOutcome::Blocked => {}
-                ReadOutcome::Closed => return Poll::Ready(RelayEnd::ServerGone),
-                ReadOutcome::Read => {
-                    progress = true;
-                    let scanned = self.to_client.scan(|f| {
-                        if f.tag == b'Z' {
-                            link.on_ready_for_query(f.status);
+            if !waiting.server_read {
+                match read_into(cx, server, &mut self.to_client) {
+                    ReadOutcome::Full => {}
+                    ReadOutcome::Blocked => waiting.server_read = true,
+                    ReadOutcome::Closed => return Poll::Ready(RelayEnd::ServerGone),
+                    ReadOutcome::Read => {
+                        progress = true;
+                        let scanned = self.to_client.scan(|f| {
+                            if f.tag == b'Z' {
+                                link.on_ready_for_query(f.status);
+                            }
+                            ControlFlow::Continue(())
+                        });
+                        if let Err(e) = scanned {
+                            return Poll::Ready(RelayEnd::ServerProtocol(e));
                         }
-                        ControlFlow::Continue(())
-                    });
-                    if let Err(e) = scanned {
-                        return Poll::Ready(RelayEnd::ServerProtocol(e));
                     }
                 }
             }
@@ -222,28 +233,49 @@ impl Relay {
     }
 }
 
-/// Writes what `pipe` holds for `to`: `None` when there was nothing to write or the peer is not
-/// ready (wake-up registered), `Some(Ok)` when bytes moved, `Some(Err)` when the peer is gone.
+/// Which of the four operations are parked on a wake-up within one poll of the relay.
+#[derive(Default)]
+struct Waiting {
+    client_read: bool,
+    client_write: bool,
+    server_read: bool,
+    server_write: bool,
+}
+
+enum WriteOutcome {
+    /// Nothing to write.
+    Idle,
+    /// The peer cannot take more now (wake-up registered).
+    Blocked,
+    /// Bytes moved.
+    Wrote,
+    /// The peer is gone.
+    Gone,
+}
+
+/// Writes what `pipe` holds for `to`.
 fn write_pending<W: AsyncWrite + Unpin>(
     cx: &mut Context<'_>,
     to: &mut W,
     pipe: &mut Pipe,
-) -> Option<Result<(), ()>> {
+) -> WriteOutcome {
     if pipe.pending().is_empty() {
-        return None;
+        return WriteOutcome::Idle;
     }
     match Pin::new(to).poll_write(cx, pipe.pending()) {
-        Poll::Pending => None,
+        Poll::Pending => WriteOutcome::Blocked,
         Poll::Ready(Ok(n)) if n > 0 => {
             pipe.start += n;
-            Some(Ok(()))
+            WriteOutcome::Wrote
         }
-        Poll::Ready(_) => Some(Err(())),
+        Poll::Ready(_) => WriteOutcome::Gone,
     }
 }
 
 enum ReadOutcome {
-    /// Nothing to read now (wake-up registered), or no room until the other side drains.
+    /// No room until the other side drains (no wake-up registered: the drain is the wake-up).
+    Full,
+    /// Nothing to read now (wake-up registered).
     Blocked,
     /// End of stream or error.
     Closed,
@@ -258,7 +290,7 @@ fn read_into<R: AsyncRead + Unpin>(
 ) -> ReadOutcome {
     let space = pipe.space();
     if space.is_empty() {
-        return ReadOutcome::Blocked;
+        return ReadOutcome::Full;
     }
     let mut rb = ReadBuf::new(space);
     match Pin::new(from).poll_read(cx, &mut rb) {

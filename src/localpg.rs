@@ -41,8 +41,15 @@ pub struct LocalCluster {
 /// The directory holding initdb and postgres: PATH first, then Debian's
 /// /usr/lib/postgresql/<newest>/bin.
 pub fn find_bin_dir() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
+    find_bin_dir_in(
+        std::env::var_os("PATH").as_deref(),
+        Path::new("/usr/lib/postgresql"),
+    )
+}
+
+fn find_bin_dir_in(path: Option<&std::ffi::OsStr>, debian_root: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(path) = path {
+        for dir in std::env::split_paths(path) {
             // Follow symlinks (/usr/local/bin/initdb -> …/15/bin/initdb) to the directory that
             // also holds pg_isready and the rest.
             if let Ok(initdb) = std::fs::canonicalize(dir.join("initdb"))
@@ -54,7 +61,7 @@ pub fn find_bin_dir() -> anyhow::Result<PathBuf> {
             }
         }
     }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(debian_root)
         .into_iter()
         .flatten()
         .flatten()
@@ -273,5 +280,38 @@ impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_binaries_say_how_to_install_them() {
+        let empty = std::env::temp_dir().join("pgtenant-no-such-dir");
+        let err =
+            find_bin_dir_in(Some(std::ffi::OsStr::new("")), &empty).expect_err("nothing to find");
+        assert!(
+            err.to_string().contains("apt-get install postgresql"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn debian_layout_is_found_without_path() {
+        let root = std::env::temp_dir().join(format!("pgtenant-fake-pg-{}", std::process::id()));
+        for v in ["13", "15"] {
+            let bin = root.join(v).join("bin");
+            std::fs::create_dir_all(&bin).expect("mkdir");
+            std::fs::write(bin.join("initdb"), "").expect("initdb");
+        }
+        let found = find_bin_dir_in(None, &root).expect("found");
+        assert_eq!(
+            found,
+            root.join("15").join("bin"),
+            "the newest version wins"
+        );
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -49,7 +49,7 @@ server = "local"
 name = "bench"
 password_hash = "$VERIFIER"
 TOML
-  PGTENANT_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
+  PGTENANT_LOG=${PGTENANT_LOG:-info} valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
     "$BIN" serve --config "$work/pgtenant.toml" >"$work/valgrind.log" 2>&1 &
   local vpid=$!
   for _ in $(seq 100); do "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$port" && break; sleep 0.2; done

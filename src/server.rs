@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use crate::config::{Config, ListenerConfig};
 use crate::error::ClientError;
@@ -152,7 +152,7 @@ async fn accept_loop(
                     let shared = shared.clone();
                     let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
                     let span = tracing::info_span!("client", id, %peer, tenant = tracing::field::Empty, user = tracing::field::Empty);
-                    clients.spawn(handle_client(shared, socket, cfg.clone()).instrument(span));
+                    clients.spawn(handle_client(shared, socket, cfg.clone(), span));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -187,7 +187,8 @@ impl Drop for ClientSocket {
     }
 }
 
-async fn handle_client(shared: Arc<Shared>, socket: TcpStream, cfg: ListenerConfig) {
+/// Serves one connection. The span wraps everything but the relay (see `session::serve`).
+async fn handle_client(shared: Arc<Shared>, socket: TcpStream, cfg: ListenerConfig, span: Span) {
     let _ = socket.set_nodelay(true);
     let mut client = ClientSocket {
         stream: socket,
@@ -196,46 +197,63 @@ async fn handle_client(shared: Arc<Shared>, socket: TcpStream, cfg: ListenerConf
     let socket = &mut client.stream;
     let started = tokio::time::Instant::now();
     let Ok(_permit) = shared.client_permits.clone().try_acquire_owned() else {
-        tracing::warn!("client refused: too many clients");
+        tracing::warn!(parent: &span, "client refused: too many clients");
         let limit = shared.config.proxy.max_client_connections;
         write_error(socket, &ClientError::too_many_clients(limit)).await;
         return;
     };
     let login_deadline = started + shared.config.proxy.startup_timeout();
-    let hs = match tokio::time::timeout_at(login_deadline, handshake::negotiate(socket)).await {
-        Err(_) => {
-            tracing::info!("client sent no startup packet in time");
-            write_error(socket, &ClientError::protocol("startup timed out")).await;
-            return;
-        }
-        Ok(Err(HandshakeError::Io(e))) => {
-            tracing::debug!(error = %e, "client left during startup");
-            return;
-        }
-        Ok(Err(HandshakeError::Rejected(e))) => {
-            tracing::info!(error = %e, "startup rejected");
-            write_error(socket, &e).await;
-            return;
-        }
-        Ok(Ok(hs)) => hs,
+    let Some(hs) = first_packets(socket, login_deadline)
+        .instrument(span.clone())
+        .await
+    else {
+        return;
     };
     match hs {
-        Handshake::Cancel { pid, secret } => shared.cancels.cancel(pid, &secret).await,
+        Handshake::Cancel { pid, secret } => {
+            shared.cancels.cancel(pid, &secret).instrument(span).await
+        }
         Handshake::Startup { params } => {
             let req = StartupRequest {
                 params,
                 auth: cfg.auth,
                 login_deadline,
             };
-            let end = session::serve(&shared, socket, req).await;
+            let end = session::serve(&shared, socket, req, &span).await;
             let ms = started.elapsed().as_millis() as u64;
             match end {
                 SessionEnd::Refused(e) => {
-                    tracing::info!(duration_ms = ms, error = %e, "client refused")
+                    tracing::info!(parent: &span, duration_ms = ms, error = %e, "client refused")
                 }
-                other => tracing::info!(duration_ms = ms, end = ?other, "client disconnected"),
+                other => {
+                    tracing::info!(parent: &span, duration_ms = ms, end = ?other, "client disconnected")
+                }
             }
         }
+    }
+}
+
+/// The handshake under the login deadline; `None` when the client was answered or left.
+async fn first_packets(
+    socket: &mut TcpStream,
+    deadline: tokio::time::Instant,
+) -> Option<Handshake> {
+    match tokio::time::timeout_at(deadline, handshake::negotiate(socket)).await {
+        Err(_) => {
+            tracing::info!("client sent no startup packet in time");
+            write_error(socket, &ClientError::protocol("startup timed out")).await;
+            None
+        }
+        Ok(Err(HandshakeError::Io(e))) => {
+            tracing::debug!(error = %e, "client left during startup");
+            None
+        }
+        Ok(Err(HandshakeError::Rejected(e))) => {
+            tracing::info!(error = %e, "startup rejected");
+            write_error(socket, &e).await;
+            None
+        }
+        Ok(Ok(hs)) => Some(hs),
     }
 }
 

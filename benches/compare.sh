@@ -13,37 +13,15 @@ DURATION=${DURATION:-15}
 REPEAT=${REPEAT:-3}
 CLIENTS=${CLIENTS:-16}
 SCALE=${SCALE:-10}
-PGBIN=$(dirname "$(readlink -f "$(command -v initdb || ls /usr/lib/postgresql/*/bin/initdb | tail -1)")")
 
 if ! command -v pgbouncer >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
 fi
 cargo build --release --quiet
 
-work=$(mktemp -d /tmp/pgtenant-bench.XXXXXX)
-as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-[ "$(id -u)" -eq 0 ] && chown postgres: "$work"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  as_pg "$PGBIN/pg_ctl" -D "$work/data" -m fast stop >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PG_PORT=$(free_port); BOUNCER_PORT=$(free_port); TENANT_PORT=$(free_port)
-PASSWORD=bench-pw
-
-echo "$PASSWORD" > "$work/pw"; [ "$(id -u)" -eq 0 ] && chown postgres: "$work/pw"
-as_pg "$PGBIN/initdb" -D "$work/data" -U postgres --auth-host=scram-sha-256 --auth-local=trust \
-  --pwfile="$work/pw" -E UTF8 --locale=C --no-sync >/dev/null
-as_pg "$PGBIN/pg_ctl" -D "$work/data" -l "$work/pg.log" -w \
-  -o "-p $PG_PORT -k $work -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_buffers=256MB" start >/dev/null
-export PGPASSWORD=$PASSWORD
-"$PGBIN/psql" -qX -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "CREATE ROLE bench LOGIN PASSWORD '$PASSWORD'" \
-  -c "CREATE DATABASE bench OWNER bench" postgres
-"$PGBIN/pgbench" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U bench bench 2>/dev/null
+source benches/bench-cluster.sh
+start_bench_cluster bench "$SCALE" -c max_connections=200 -c shared_buffers=256MB
+BOUNCER_PORT=$(free_port); TENANT_PORT=$(free_port)
 
 cat > "$work/pgbouncer.ini" <<INI
 [databases]
@@ -64,27 +42,10 @@ echo "\"bench\" \"$PASSWORD\"" > "$work/userlist.txt"
 as_pg pgbouncer -q "$work/pgbouncer.ini" >/dev/null 2>&1 &
 pids+=($!)
 
-VERIFIER=$(printf '%s' "$PASSWORD" | target/release/pgtenant hash-password)
-cat > "$work/pgtenant.toml" <<TOML
-[[listeners]]
-address = "127.0.0.1:$TENANT_PORT"
-[proxy]
+write_pgtenant_config target/release/pgtenant "$TENANT_PORT" "[proxy]
 worker_threads = ${WORKERS:-1}
 [pool]
-size = $((CLIENTS + 4))
-[[servers]]
-name = "local"
-host = "127.0.0.1"
-port = $PG_PORT
-user = "bench"
-password = "$PASSWORD"
-[[tenants]]
-slug = "bench"
-server = "local"
-[[tenants.users]]
-name = "bench"
-password_hash = "$VERIFIER"
-TOML
+size = $((CLIENTS + 4))"
 PGTENANT_LOG=${PGTENANT_LOG:-info} target/release/pgtenant serve --config "$work/pgtenant.toml" >"$work/pgtenant.log" 2>&1 &
 pids+=($!)
 sleep 1

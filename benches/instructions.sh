@@ -12,43 +12,12 @@ cd "$(dirname "$0")/.."
 BIN=${1:-target/release/pgtenant}
 [ -x "$BIN" ] || cargo build --release --quiet
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
-PGBIN=$(dirname "$(readlink -f "$(command -v initdb || ls /usr/lib/postgresql/*/bin/initdb | tail -1)")")
-
-work=$(mktemp -d /tmp/pgtenant-instr.XXXXXX)
-as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-[ "$(id -u)" -eq 0 ] && chown postgres: "$work"
-cleanup() { as_pg "$PGBIN/pg_ctl" -D "$work/data" -m fast stop >/dev/null 2>&1 || true; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PG_PORT=$(free_port)
-export PGPASSWORD=bench-pw
-echo "$PGPASSWORD" > "$work/pw"; [ "$(id -u)" -eq 0 ] && chown postgres: "$work/pw"
-as_pg "$PGBIN/initdb" -D "$work/data" -U postgres --auth-host=scram-sha-256 --auth-local=trust \
-  --pwfile="$work/pw" -E UTF8 --locale=C --no-sync >/dev/null
-as_pg "$PGBIN/pg_ctl" -D "$work/data" -l "$work/pg.log" -w -o "-p $PG_PORT -k $work -c listen_addresses=127.0.0.1" start >/dev/null
-"$PGBIN/psql" -qX -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "CREATE ROLE bench LOGIN PASSWORD '$PGPASSWORD'" \
-  -c "CREATE DATABASE bench OWNER bench" postgres
-"$PGBIN/pgbench" -i -q -s 1 -h 127.0.0.1 -p "$PG_PORT" -U bench bench 2>/dev/null
-VERIFIER=$(printf '%s' "$PGPASSWORD" | "$BIN" hash-password)
+source benches/bench-cluster.sh
+start_bench_cluster instr 1
 
 instructions() { # transactions per client -> total Ir
   local port; port=$(free_port)
-  cat > "$work/pgtenant.toml" <<TOML
-[[listeners]]
-address = "127.0.0.1:$port"
-[[servers]]
-name = "local"
-host = "127.0.0.1"
-port = $PG_PORT
-user = "bench"
-password = "$PGPASSWORD"
-[[tenants]]
-slug = "bench"
-server = "local"
-[[tenants.users]]
-name = "bench"
-password_hash = "$VERIFIER"
-TOML
+  write_pgtenant_config "$BIN" "$port"
   PGTENANT_LOG=${PGTENANT_LOG:-info} valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
     "$BIN" serve --config "$work/pgtenant.toml" >"$work/valgrind.log" 2>&1 &
   local vpid=$!

@@ -79,7 +79,7 @@ row() { # name port pid mode [extra pgbench flags]
   if [ "$pid" != "-" ] && [ -n "$txns" ] && [ "$txns" -gt 0 ]; then
     cpu=$(awk -v t=$((after - before)) -v n="$txns" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", t * 1000000 / hz / n }')
   fi
-  echo "$name $mode ${tps:-0} ${lat:-0} ${cpu}" >> "$work/results"
+  echo "$name $mode ${tps:-0} ${lat:-0} ${cpu} ${RUN:-0}" >> "$work/results"
 }
 
 echo
@@ -88,6 +88,7 @@ echo "session pooling; $(nproc) cores, $(uname -m), $(grep -m1 'model name' /pro
 echo
 for mode in simple extended prepared; do
   for i in $(seq "$REPEAT"); do
+    RUN=$i
     row direct "$PG_PORT" - "$mode"
     # Alternate which proxy goes first, so neither always runs on a warmer machine.
     if [ $((i % 2)) -eq 1 ]; then
@@ -101,12 +102,14 @@ for mode in simple extended prepared; do
 done
 python3 - "$work/results" <<'PY'
 import statistics, sys
-rows = {}
+rows, runs = {}, {}
 for line in open(sys.argv[1]):
-    name, mode, tps, lat, cpu = line.split()
+    name, mode, tps, lat, cpu, run = line.split()
     r = rows.setdefault((name, mode), {"tps": [], "lat": [], "cpu": []})
     r["tps"].append(float(tps)); r["lat"].append(float(lat))
-    if cpu != "-": r["cpu"].append(float(cpu))
+    if cpu != "-":
+        r["cpu"].append(float(cpu))
+        runs.setdefault((mode, run), {})[name] = float(cpu)
 med = lambda v: statistics.median(v) if v else None
 print("| target    | protocol | tps    | avg latency (ms) | proxy CPU µs/txn |")
 print("|-----------|----------|--------|------------------|------------------|")
@@ -120,5 +123,9 @@ print()
 for mode in ("simple", "extended", "prepared"):
     b, t = rows.get(("pgbouncer", mode)), rows.get(("pgtenant", mode))
     if b and t and med(b["cpu"]) and med(b["tps"]):
-        print(f"{mode}: pgtenant/pgbouncer tps {med(t['tps'])/med(b['tps']):.2f}, CPU per txn {med(t['cpu'])/med(b['cpu']):.2f}")
+        # Each run pairs the two proxies back to back, so their ratio cancels drift between runs.
+        paired = sorted(v["pgtenant"] / v["pgbouncer"] for (m, _), v in runs.items()
+                        if m == mode and len(v) == 2)
+        print(f"{mode}: pgtenant/pgbouncer tps {med(t['tps'])/med(b['tps']):.2f}, CPU per txn {med(t['cpu'])/med(b['cpu']):.2f}"
+              f" (paired runs: median {med(paired):.2f}, range {paired[0]:.2f}-{paired[-1]:.2f})")
 PY

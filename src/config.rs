@@ -121,6 +121,33 @@ pub enum PoolMode {
     /// A client keeps one backend connection for its whole session.
     #[default]
     Session,
+    /// A client holds a backend connection from the first message of a transaction to the
+    /// ReadyForQuery that ends it, and none in between.
+    Transaction,
+}
+
+impl PoolMode {
+    /// Parses the catalog's text form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "session" => Some(PoolMode::Session),
+            "transaction" => Some(PoolMode::Transaction),
+            _ => None,
+        }
+    }
+}
+
+/// What transaction mode does when a client creates state that cannot follow it from one backend
+/// connection to the next (temp tables, LISTEN, session advisory locks, WITH HOLD cursors,
+/// SQL-level PREPARE).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatePolicy {
+    /// Keep the client on its backend connection for the rest of its session.
+    #[default]
+    Pin,
+    /// Refuse the statement with 0A000 before it reaches the backend.
+    Error,
 }
 
 /// Pool settings every tenant starts from.
@@ -143,6 +170,16 @@ pub struct PoolDefaults {
     pub connect_timeout_ms: u64,
     /// Run on a connection before another client gets it; empty to skip.
     pub reset_query: String,
+    /// Clients one tenant may have connected at once (53300 beyond).
+    pub max_client_connections: u32,
+    /// Backend connections a server holds for all its tenants together, unless the server sets
+    /// its own `max_connections`.
+    pub server_max_connections: u32,
+    /// Transaction mode: pin or refuse session state that cannot follow a client.
+    pub session_state: SessionStatePolicy,
+    /// Transaction mode: prepared statements kept per backend connection (least recently used
+    /// are closed beyond it).
+    pub prepared_statements_per_connection: u32,
 }
 
 impl Default for PoolDefaults {
@@ -156,6 +193,10 @@ impl Default for PoolDefaults {
             checkout_timeout_ms: 30_000,
             connect_timeout_ms: 5_000,
             reset_query: "DISCARD ALL".into(),
+            max_client_connections: 5_000,
+            server_max_connections: 90,
+            session_state: SessionStatePolicy::Pin,
+            prepared_statements_per_connection: 250,
         }
     }
 }
@@ -194,6 +235,10 @@ pub struct ServerConfig {
     /// Its password (SCRAM/md5/cleartext as the server asks); empty for trust.
     #[serde(default)]
     pub password: Secret,
+    /// Backend connections shared by all tenants on this server; `pool.server_max_connections`
+    /// when absent.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
 }
 
 fn default_pg_port() -> u16 {
@@ -217,8 +262,12 @@ pub struct TenantConfig {
     pub backend_user: Option<String>,
     /// Password of `backend_user`.
     pub backend_password: Option<Secret>,
+    /// Pool mode override: "session" or "transaction".
+    pub pool_mode: Option<String>,
     /// Pool size override.
     pub pool_size: Option<u32>,
+    /// Per-tenant client limit override.
+    pub max_client_connections: Option<u32>,
     /// min_idle override.
     pub min_idle: Option<u32>,
     /// idle_timeout_ms override.
@@ -314,10 +363,25 @@ impl Config {
         if self.pool.min_idle > self.pool.size {
             return bad("pool.min_idle must not exceed pool.size".into());
         }
+        if self.pool.server_max_connections == 0 || self.pool.max_client_connections == 0 {
+            return bad(
+                "pool.server_max_connections and pool.max_client_connections must be at least 1"
+                    .into(),
+            );
+        }
+        if self.pool.prepared_statements_per_connection == 0 {
+            return bad("pool.prepared_statements_per_connection must be at least 1".into());
+        }
         for (i, s) in self.servers.iter().enumerate() {
             if s.name.is_empty() || s.host.is_empty() || s.user.is_empty() {
                 return bad(format!(
                     "servers[{i}]: name, host and user must not be empty"
+                ));
+            }
+            if s.max_connections == Some(0) {
+                return bad(format!(
+                    "servers[{i}] ({}): max_connections must be at least 1",
+                    s.name
                 ));
             }
             if self.servers[..i].iter().any(|o| o.name == s.name) {
@@ -347,6 +411,20 @@ impl Config {
                 return bad(format!(
                     "tenants[{i}] ({}): status must be active, paused, disabled or moving, not \"{}\"",
                     t.slug, t.status
+                ));
+            }
+            if let Some(mode) = &t.pool_mode
+                && PoolMode::parse(mode).is_none()
+            {
+                return bad(format!(
+                    "tenants[{i}] ({}): pool_mode must be session or transaction, not \"{mode}\"",
+                    t.slug
+                ));
+            }
+            if t.max_client_connections == Some(0) {
+                return bad(format!(
+                    "tenants[{i}] ({}): max_client_connections must be at least 1",
+                    t.slug
                 ));
             }
             if t.pool_size == Some(0) {

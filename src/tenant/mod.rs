@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::StoredPassword;
-use crate::config::PoolMode;
+use crate::config::{PoolMode, SessionStatePolicy};
 use crate::error::Secret;
 
 /// The longest slug accepted; it becomes part of database and role names (63 bytes in Postgres).
@@ -71,6 +71,8 @@ pub struct BackendTarget {
     pub database: String,
     /// Role the proxy logs in as.
     pub user: String,
+    /// Backend connections the server holds for all its tenants.
+    pub server_max_connections: u32,
     /// That role's password (empty for trust).
     pub password: Secret,
 }
@@ -88,7 +90,7 @@ impl std::fmt::Debug for BackendTarget {
 /// A tenant's effective pool settings: its overrides on top of the server-wide defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSettings {
-    /// Session (transaction mode comes with its own issue).
+    /// Session or transaction pooling.
     pub mode: PoolMode,
     /// Most backend connections.
     pub size: u32,
@@ -104,6 +106,12 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     /// Run before a connection serves another client; empty to skip.
     pub reset_query: String,
+    /// Clients of this tenant connected at once.
+    pub max_client_connections: u32,
+    /// Transaction mode: pin or refuse state that cannot follow a client.
+    pub session_state: SessionStatePolicy,
+    /// Transaction mode: prepared statements kept per backend connection.
+    pub prepared_statements_per_connection: u32,
 }
 
 /// One tenant as the proxy routes it.

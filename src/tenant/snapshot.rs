@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use super::{BackendTarget, PoolSettings, Tenant, TenantStatus};
 use crate::auth::StoredPassword;
-use crate::config::{PoolDefaults, ServerConfig, TenantConfig};
+use crate::config::{PoolDefaults, PoolMode, ServerConfig, TenantConfig};
 
 /// Where a snapshot's rows came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +107,10 @@ fn build_tenant(
         None => (server.user.clone(), server.password.clone()),
     };
     let size = t.pool_size.unwrap_or(d.size).max(1);
+    let mode = match &t.pool_mode {
+        Some(m) => PoolMode::parse(m).ok_or_else(|| format!("unknown pool mode \"{m}\""))?,
+        None => d.mode,
+    };
     let ms = Duration::from_millis;
     Ok(Tenant {
         slug: t.slug.clone(),
@@ -117,10 +121,14 @@ fn build_tenant(
             port: server.port,
             database: t.database.clone().unwrap_or_else(|| t.slug.clone()),
             user,
+            server_max_connections: server
+                .max_connections
+                .unwrap_or(d.server_max_connections)
+                .max(1),
             password,
         }),
         pool: PoolSettings {
-            mode: d.mode,
+            mode,
             size,
             min_idle: t.min_idle.unwrap_or(d.min_idle).min(size),
             idle_timeout: ms(t.idle_timeout_ms.unwrap_or(d.idle_timeout_ms)),
@@ -128,6 +136,12 @@ fn build_tenant(
             checkout_timeout: ms(t.checkout_timeout_ms.unwrap_or(d.checkout_timeout_ms)),
             connect_timeout: ms(d.connect_timeout_ms),
             reset_query: d.reset_query.clone(),
+            max_client_connections: t
+                .max_client_connections
+                .unwrap_or(d.max_client_connections)
+                .max(1),
+            session_state: d.session_state,
+            prepared_statements_per_connection: d.prepared_statements_per_connection.max(1),
         },
         users,
     })
@@ -145,6 +159,7 @@ mod tests {
             port: 5432,
             user: "u".into(),
             password: Secret::default(),
+            max_connections: None,
         }
     }
 
@@ -156,7 +171,9 @@ mod tests {
             status: "active".into(),
             backend_user: None,
             backend_password: None,
+            pool_mode: None,
             pool_size: Some(3),
+            max_client_connections: None,
             min_idle: None,
             idle_timeout_ms: None,
             max_lifetime_ms: None,

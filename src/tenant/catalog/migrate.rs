@@ -5,11 +5,18 @@
 use tokio_postgres::Client;
 
 /// (version, file name, SQL) of every catalog migration, in order.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "0001_catalog.sql",
-    include_str!("../../../catalog_migrations/0001_catalog.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "0001_catalog.sql",
+        include_str!("../../../catalog_migrations/0001_catalog.sql"),
+    ),
+    (
+        2,
+        "0002_pool_budgets.sql",
+        include_str!("../../../catalog_migrations/0002_pool_budgets.sql"),
+    ),
+];
 
 /// Advisory lock key that serialises migration runs ("pgtenant" in ASCII).
 const MIGRATION_LOCK_KEY: i64 = 0x7067_7465_6e61_6e74;

@@ -143,7 +143,8 @@ async fn load_rows(
 ) -> Result<(Vec<ServerConfig>, Vec<TenantConfig>), CatalogError> {
     let servers = client
         .query(
-            "SELECT name, host, port, backend_user, backend_password FROM pgtenant.servers",
+            "SELECT name, host, port, backend_user, backend_password, max_connections
+             FROM pgtenant.servers",
             &[],
         )
         .await?
@@ -154,12 +155,14 @@ async fn load_rows(
             port: u16::try_from(r.get::<_, i32>(2)).unwrap_or(0),
             user: r.get(3),
             password: Secret::new(r.get::<_, String>(4)),
+            max_connections: r.get::<_, Option<i32>>(5).and_then(|v| u32::try_from(v).ok()),
         })
         .collect();
     let mut tenants: Vec<TenantConfig> = client
         .query(
             "SELECT slug, server, database, status, backend_user, backend_password, pool_size, min_idle,
-                    idle_timeout_ms, max_lifetime_ms, checkout_timeout_ms
+                    idle_timeout_ms, max_lifetime_ms, checkout_timeout_ms, pool_mode,
+                    max_client_connections
              FROM pgtenant.tenants ORDER BY slug COLLATE \"C\"",
             &[],
         )
@@ -177,6 +180,8 @@ async fn load_rows(
             idle_timeout_ms: r.get::<_, Option<i64>>(8).and_then(|v| u64::try_from(v).ok()),
             max_lifetime_ms: r.get::<_, Option<i64>>(9).and_then(|v| u64::try_from(v).ok()),
             checkout_timeout_ms: r.get::<_, Option<i64>>(10).and_then(|v| u64::try_from(v).ok()),
+            pool_mode: r.get(11),
+            max_client_connections: r.get::<_, Option<i32>>(12).and_then(|v| u32::try_from(v).ok()),
             users: Vec::new(),
         })
         .collect();

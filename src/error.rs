@@ -29,6 +29,10 @@ pub mod sqlstate {
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     /// Something went wrong inside the proxy.
     pub const INTERNAL_ERROR: &str = "XX000";
+    /// A prepared statement by that name already exists.
+    pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
+    /// A limit of the proxy's was reached.
+    pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
 }
 
 /// How bad it is; FATAL ends the connection.
@@ -153,13 +157,62 @@ impl ClientError {
         )
     }
 
+    /// An ERROR (the session goes on) with a code and message.
+    pub fn error(code: &'static str, message: impl Into<String>) -> Self {
+        ClientError {
+            severity: Severity::Error,
+            ..Self::fatal(code, message)
+        }
+    }
+
     /// No pool connection became free in time.
-    pub fn pool_exhausted(tenant: &str, size: u32, waited_ms: u64) -> Self {
+    pub fn pool_exhausted(tenant: &str, limits: &str, waited_ms: u64) -> Self {
         Self::fatal(
             sqlstate::TOO_MANY_CONNECTIONS,
             format!(
-                "tenant \"{tenant}\": all {size} server connections are busy (waited {waited_ms} ms)"
+                "tenant \"{tenant}\": no server connection became free within {waited_ms} ms ({limits})"
             ),
+        )
+    }
+
+    /// The tenant already has as many clients as it may.
+    pub fn tenant_client_limit(tenant: &str, limit: u32) -> Self {
+        Self::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!("tenant \"{tenant}\" has too many clients already (limit {limit})"),
+        )
+    }
+
+    /// The backend connection went away without a word.
+    pub fn server_lost(tenant: &str) -> Self {
+        Self::fatal(
+            sqlstate::CONNECTION_FAILURE,
+            format!("the server connection of tenant \"{tenant}\" was lost"),
+        )
+    }
+
+    /// Transaction mode refuses a statement whose state could not follow the client.
+    pub fn session_state_refused(what: &str) -> Self {
+        Self::error(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("{what} is not supported in transaction pooling mode"),
+        )
+        .with_hint("Use session pooling for this tenant, or set pool.session_state = \"pin\".")
+    }
+
+    /// A client reused a prepared statement name.
+    pub fn duplicate_statement(name: &str) -> Self {
+        Self::error(
+            sqlstate::DUPLICATE_PREPARED_STATEMENT,
+            format!("prepared statement \"{name}\" already exists"),
+        )
+    }
+
+    /// A client prepared more statements than the proxy keeps for one client.
+    pub fn too_many_statements(limit: usize) -> Self {
+        Self::error(
+            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+            format!("too many prepared statements in this session (limit {limit})"),
         )
     }
 

@@ -11,6 +11,7 @@ use tokio::time::timeout;
 
 use crate::auth::backend::{BackendLoginError, login, set_param};
 use crate::protocol::{TxStatus, messages};
+use crate::session::prepared::BackendStatements;
 use crate::tenant::BackendTarget;
 use crate::wire::{self, take_cstr};
 
@@ -63,13 +64,17 @@ pub struct BackendConn {
     /// The backend's own cancel key.
     pub pid: i32,
     /// The backend's own cancel secret.
-    pub secret: Vec<u8>,
+    pub secret: std::sync::Arc<[u8]>,
     /// Peer address, where cancel requests go.
     pub addr: SocketAddr,
     /// Opened at.
     pub created: Instant,
     /// Returned to the pool at.
     pub idle_since: Instant,
+    /// Transaction mode: the statements prepared on this connection.
+    pub statements: BackendStatements,
+    /// Transaction mode: fingerprint of the client settings this connection carries.
+    pub settings_fingerprint: u64,
 }
 
 impl BackendConn {
@@ -89,10 +94,12 @@ impl BackendConn {
                 stream,
                 params: login.params,
                 pid: login.pid,
-                secret: login.secret,
+                secret: login.secret.into(),
                 addr,
                 created: now,
                 idle_since: now,
+                statements: BackendStatements::default(),
+                settings_fingerprint: 0,
             })
         })
         .await

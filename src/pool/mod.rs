@@ -5,40 +5,63 @@
 //! closes its connection, so nothing dirty is ever reused.
 
 pub mod backend;
+pub mod budget;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
 pub use backend::{BackendConn, BackendError};
+pub use budget::{BudgetUsage, ServerBudget};
 
 use crate::protocol::TxStatus;
 use crate::tenant::snapshot::Snapshot;
 use crate::tenant::{BackendTarget, PoolSettings, Tenant, TenantStatus};
+use budget::{Grant, PoolId, Take};
 
 /// Why a checkout failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckoutError {
-    /// Every connection stayed busy for the whole checkout timeout.
+    /// No connection became free within the checkout timeout.
     #[error("no connection became free within {0:?}")]
     Timeout(Duration),
     /// A new connection could not be made.
     #[error(transparent)]
     Connect(#[from] BackendError),
+    /// The pool was replaced (catalog change) while waiting; look the tenant up again.
+    #[error("the tenant's pool was replaced")]
+    Retired,
 }
 
-/// All pools, keyed by tenant slug.
+/// All pools, keyed by tenant slug, and the budgets of the servers they live on.
 #[derive(Default)]
 pub struct Pools {
     pools: Mutex<HashMap<String, Arc<TenantPool>>>,
+    servers: Mutex<HashMap<String, Arc<ServerBudget>>>,
+    clients: Mutex<HashMap<String, Arc<AtomicU32>>>,
+    next_id: AtomicU64,
 }
 
 impl Pools {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<TenantPool>>> {
         self.pools.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn budget(&self, target: &BackendTarget) -> Arc<ServerBudget> {
+        let mut servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        let max = target.server_max_connections as usize;
+        let budget = servers
+            .entry(target.server.clone())
+            .or_insert_with(|| Arc::new(ServerBudget::new(&target.server, max)));
+        budget.set_max(max);
+        budget.clone()
+    }
+
+    /// The budget of a server, if any pool was placed on it.
+    pub fn server_usage(&self, server: &str) -> Option<BudgetUsage> {
+        let servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        servers.get(server).map(|b| b.usage())
     }
 
     /// The pool for `tenant`, created on first use and replaced when the tenant's backend or pool
@@ -51,12 +74,27 @@ impl Pools {
         {
             return p.clone();
         }
-        let fresh = Arc::new(TenantPool::new(tenant));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let fresh = Arc::new(TenantPool::new(tenant, id, self.budget(&tenant.backend)));
         if let Some(old) = pools.insert(tenant.slug.clone(), fresh.clone()) {
             tracing::info!(tenant = %tenant.slug, from = ?old.target, to = ?tenant.backend, "tenant pool replaced");
             old.retire();
         }
         fresh
+    }
+
+    /// Counts a client of `tenant` in, or refuses it when the tenant already has `limit`.
+    pub fn admit_client(&self, tenant: &str, limit: u32) -> Option<ClientSlot> {
+        let counter = {
+            let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            clients.entry(tenant.to_owned()).or_default().clone()
+        };
+        let admitted = counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok();
+        admitted.then_some(ClientSlot(counter))
     }
 
     /// Periodic upkeep: retire pools of tenants gone from the catalog, close idle connections past
@@ -75,12 +113,12 @@ impl Pools {
             map.values().cloned().collect()
         };
         for pool in pools {
-            pool.evict_idle();
+            let idle = pool.evict_idle();
             let active = snapshot
                 .tenant(&pool.tenant)
                 .is_some_and(|t| t.status == TenantStatus::Active);
             if active {
-                pool.top_up();
+                pool.top_up(idle);
             }
         }
     }
@@ -93,7 +131,17 @@ impl Pools {
     }
 }
 
-/// The connections of one tenant on one backend target.
+/// A client counted against its tenant's client limit until dropped.
+pub struct ClientSlot(Arc<AtomicU32>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The connections of one tenant on one backend target; their capacity comes from the server's
+/// shared budget.
 pub struct TenantPool {
     /// Owning tenant.
     pub tenant: String,
@@ -101,108 +149,153 @@ pub struct TenantPool {
     pub target: Arc<BackendTarget>,
     /// Its limits and timeouts.
     pub settings: PoolSettings,
-    idle: Mutex<Vec<BackendConn>>,
-    /// One permit per connection that may exist; held by checked-out guards and by connections
-    /// being opened for `min_idle`.
-    permits: Arc<Semaphore>,
+    id: PoolId,
+    server: Arc<ServerBudget>,
     retired: AtomicBool,
 }
 
 impl TenantPool {
-    fn new(tenant: &Tenant) -> Self {
+    fn new(tenant: &Tenant, id: PoolId, server: Arc<ServerBudget>) -> Self {
+        server.add_pool(id, tenant.pool.size as usize, tenant.pool.max_lifetime);
         TenantPool {
             tenant: tenant.slug.clone(),
             target: tenant.backend.clone(),
             settings: tenant.pool.clone(),
-            idle: Mutex::new(Vec::new()),
-            permits: Arc::new(Semaphore::new(tenant.pool.size as usize)),
+            id,
+            server,
             retired: AtomicBool::new(false),
         }
     }
 
-    fn idle(&self) -> MutexGuard<'_, Vec<BackendConn>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    /// True once a catalog change replaced this pool.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 
-    /// Idle connections right now.
-    pub fn idle_count(&self) -> usize {
-        self.idle().len()
+    /// (open, idle, waiting) connections and clients of this pool now.
+    pub fn usage(&self) -> (usize, usize, usize) {
+        self.server.pool_usage(self.id)
     }
 
     fn retire(&self) {
         self.retired.store(true, Ordering::Release);
-        self.idle().clear();
-    }
-
-    fn expired(&self, conn: &BackendConn, now: Instant) -> bool {
-        now.duration_since(conn.created) >= self.settings.max_lifetime
+        self.server.retire_pool(self.id);
     }
 
     /// Waits up to the checkout timeout for a connection: the most recently used live idle one,
-    /// or a new one. Cancel-safe: a cancelled wait takes nothing.
+    /// or a new one when the tenant's size and the server's budget allow. Cancel-safe.
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn, CheckoutError> {
         let limit = self.settings.checkout_timeout;
-        let permit = tokio::time::timeout(limit, self.permits.clone().acquire_owned())
-            .await
-            .map_err(|_| CheckoutError::Timeout(limit))?
-            .map_err(|_| CheckoutError::Timeout(limit))?;
-        let now = Instant::now();
-        loop {
-            let Some(conn) = self.idle().pop() else { break };
-            if conn.is_alive() && !self.expired(&conn, now) {
-                return Ok(PooledConn {
-                    conn: Some(conn),
-                    pool: self.clone(),
-                    _permit: permit,
-                });
+        let deadline = tokio::time::Instant::now() + limit;
+        let grant = match self.server.take(self.id) {
+            Take::Now(g) => g,
+            Take::Wait(waiter, rx) => {
+                let mut wait = Wait {
+                    pool: self,
+                    waiter,
+                    rx: Some(rx),
+                };
+                wait.until(deadline, limit).await?
             }
-        }
-        let conn = BackendConn::connect(&self.target, self.settings.connect_timeout).await?;
-        tracing::debug!(tenant = %self.tenant, backend = ?self.target, pid = conn.pid, "backend connection opened");
+        };
+        let conn = match grant {
+            Grant::Conn(conn) => conn,
+            Grant::Open => {
+                // The guard owns the reserved capacity from here: a failed or cancelled open
+                // gives it back.
+                let mut guard = PooledConn {
+                    conn: None,
+                    pool: self.clone(),
+                    returned: false,
+                };
+                let conn = BackendConn::connect(&self.target, self.settings.connect_timeout).await?;
+                tracing::debug!(tenant = %self.tenant, backend = ?self.target, pid = conn.pid, "backend connection opened");
+                guard.conn = Some(conn);
+                return Ok(guard);
+            }
+        };
         Ok(PooledConn {
             conn: Some(conn),
             pool: self.clone(),
-            _permit: permit,
+            returned: false,
         })
     }
 
-    fn give_back(&self, mut conn: BackendConn) {
-        if self.retired.load(Ordering::Acquire) || self.expired(&conn, Instant::now()) {
-            return;
-        }
-        conn.idle_since = Instant::now();
-        self.idle().push(conn);
+    fn evict_idle(&self) -> usize {
+        self.server.evict_idle(
+            self.id,
+            self.settings.idle_timeout,
+            self.settings.min_idle as usize,
+            Instant::now(),
+        )
     }
 
-    fn evict_idle(&self) {
-        let now = Instant::now();
-        let mut idle = self.idle();
-        idle.retain(|c| c.is_alive() && !self.expired(c, now));
-        // The stack is in return order, so the longest-idle connections sit at the bottom.
-        let stale = idle
-            .iter()
-            .take_while(|c| now.duration_since(c.idle_since) >= self.settings.idle_timeout)
-            .count();
-        let removable = stale.min(idle.len().saturating_sub(self.settings.min_idle as usize));
-        idle.drain(..removable);
-    }
-
-    fn top_up(self: &Arc<Self>) {
-        let missing = (self.settings.min_idle as usize).saturating_sub(self.idle_count());
+    fn top_up(self: &Arc<Self>, idle: usize) {
+        let missing = (self.settings.min_idle as usize).saturating_sub(idle);
         for _ in 0..missing {
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            if !self.server.reserve_spare(self.id) {
                 return;
-            };
+            }
             let pool = self.clone();
             tokio::spawn(async move {
                 match BackendConn::connect(&pool.target, pool.settings.connect_timeout).await {
-                    Ok(conn) => pool.give_back(conn),
+                    Ok(conn) => pool.server.put_back(pool.id, conn),
                     Err(e) => {
+                        pool.server.closed(pool.id);
                         tracing::warn!(tenant = %pool.tenant, error = %e, "could not open a min_idle connection")
                     }
                 }
-                drop(permit);
             });
+        }
+    }
+}
+
+/// A queued checkout; withdraws itself from the queue if dropped or timed out.
+struct Wait<'a> {
+    pool: &'a TenantPool,
+    waiter: u64,
+    rx: Option<tokio::sync::oneshot::Receiver<Grant>>,
+}
+
+impl Wait<'_> {
+    async fn until(
+        &mut self,
+        deadline: tokio::time::Instant,
+        limit: Duration,
+    ) -> Result<Grant, CheckoutError> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Err(CheckoutError::Retired);
+        };
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(grant)) => {
+                self.rx = None;
+                Ok(grant)
+            }
+            Ok(Err(_)) => {
+                self.rx = None;
+                Err(CheckoutError::Retired)
+            }
+            Err(_) => match self.withdraw() {
+                Some(grant) => Ok(grant),
+                None => Err(CheckoutError::Timeout(limit)),
+            },
+        }
+    }
+
+    fn withdraw(&mut self) -> Option<Grant> {
+        let mut rx = self.rx.take()?;
+        self.pool
+            .server
+            .cancel_wait(self.pool.id, self.waiter, &mut rx)
+    }
+}
+
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        match self.withdraw() {
+            Some(Grant::Conn(conn)) => self.pool.server.put_back(self.pool.id, conn),
+            Some(Grant::Open) => self.pool.server.closed(self.pool.id),
+            None => {}
         }
     }
 }
@@ -212,7 +305,8 @@ impl TenantPool {
 pub struct PooledConn {
     conn: Option<BackendConn>,
     pool: Arc<TenantPool>,
-    _permit: OwnedSemaphorePermit,
+    /// The capacity went back to the pool through `release` or `give_back`.
+    returned: bool,
 }
 
 impl PooledConn {
@@ -223,20 +317,46 @@ impl PooledConn {
             .expect("a PooledConn holds its connection until consumed")
     }
 
+    /// The pool it came from.
+    pub fn pool(&self) -> &Arc<TenantPool> {
+        &self.pool
+    }
+
     /// Resets the connection (ROLLBACK when `status` is not idle, then the reset query) and
     /// returns it to the pool, or closes it if the reset fails or times out.
     pub async fn release(mut self, status: TxStatus, reset_timeout: Duration) {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
+        self.returned = true;
         match conn
             .reset(status, &self.pool.settings.reset_query, reset_timeout)
             .await
         {
-            Ok(()) => self.pool.give_back(conn),
+            Ok(()) => self.pool.server.put_back(self.pool.id, conn),
             Err(e) => {
+                self.pool.server.closed(self.pool.id);
                 tracing::info!(tenant = %self.pool.tenant, error = %e, "backend connection closed: reset failed")
             }
+        }
+    }
+
+    /// Returns a connection that is idle and carries only state the pool tracks (transaction
+    /// mode, between transactions), without a reset.
+    pub fn give_back(mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.returned = true;
+            self.pool.server.put_back(self.pool.id, conn);
+        }
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        // A connection (or reserved capacity) not given back cleanly is closed.
+        if !self.returned {
+            drop(self.conn.take());
+            self.pool.server.closed(self.pool.id);
         }
     }
 }

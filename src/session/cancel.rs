@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,12 +27,15 @@ pub struct CancelTarget {
     /// Backend process id.
     pub pid: i32,
     /// Backend secret.
-    pub secret: Vec<u8>,
+    pub secret: Arc<[u8]>,
 }
 
 struct Entry {
     secret: [u8; 4],
     target: Mutex<Option<CancelTarget>>,
+    /// A cancel went to the current target: that connection must not serve anyone else, since
+    /// the signal may land after the client's query has finished.
+    cancelled: AtomicBool,
 }
 
 /// All live client keys.
@@ -58,6 +62,14 @@ impl CancelKey {
     pub fn set_target(&self, target: Option<CancelTarget>) {
         *self.entry.target.lock().unwrap_or_else(|p| p.into_inner()) = target;
     }
+
+    /// Stops cancels reaching the current backend and tells whether one was sent to it since
+    /// it was set; such a connection is closed rather than reused.
+    pub fn detach(&self) -> bool {
+        let mut target = self.entry.target.lock().unwrap_or_else(|p| p.into_inner());
+        *target = None;
+        self.entry.cancelled.swap(false, Ordering::AcqRel)
+    }
 }
 
 impl Drop for CancelKey {
@@ -78,6 +90,7 @@ impl CancelRegistry {
         let entry = Arc::new(Entry {
             secret,
             target: Mutex::new(None),
+            cancelled: AtomicBool::new(false),
         });
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
         let pid = loop {
@@ -105,11 +118,15 @@ impl CancelRegistry {
         if secret.ct_eq(&entry.secret).unwrap_u8() == 0 {
             return None;
         }
-        entry
+        let target = entry
             .target
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone();
+        if target.is_some() {
+            entry.cancelled.store(true, Ordering::Release);
+        }
+        target
     }
 
     /// Forwards a client's CancelRequest to the backend serving it, if the key is right.
@@ -148,10 +165,14 @@ mod tests {
         let target = CancelTarget {
             addr: "127.0.0.1:5432".parse().expect("addr"),
             pid: 9,
-            secret: vec![1, 2, 3, 4],
+            secret: Arc::from(&[1u8, 2, 3, 4][..]),
         };
         key.set_target(Some(target.clone()));
+        assert!(!key.detach(), "nothing cancelled yet");
+        key.set_target(Some(target.clone()));
         assert_eq!(reg.target_for(key.pid, &key.secret()), Some(target));
+        assert!(key.detach(), "the cancelled connection is reported once");
+        assert!(!key.detach());
         let mut wrong = key.secret();
         wrong[0] ^= 1;
         assert_eq!(reg.target_for(key.pid, &wrong), None);

@@ -3,8 +3,11 @@
 
 pub mod cancel;
 pub mod params;
+pub mod prepared;
 pub mod relay;
 pub mod state;
+pub mod tracking;
+pub mod txn;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +20,8 @@ use tracing::{Instrument, Span};
 use crate::auth::client::{AuthRequest, authenticate};
 use crate::config::AuthMethod;
 use crate::error::ClientError;
-use crate::pool::{BackendError, CheckoutError, PooledConn};
+use crate::config::PoolMode;
+use crate::pool::{BackendError, CheckoutError, ClientSlot, PooledConn};
 use crate::protocol::{TxStatus, messages};
 use crate::server::Shared;
 use crate::tenant::resolve::resolve;
@@ -25,6 +29,8 @@ use crate::tenant::{Tenant, TenantStatus};
 use cancel::CancelTarget;
 use relay::{Relay, RelayEnd};
 use state::LinkState;
+use tracking::Settings;
+use txn::{TxnEnd, TxnSession};
 
 /// How a session ended, for the disconnect log line.
 #[derive(Debug)]
@@ -53,6 +59,11 @@ struct Opened {
     key: cancel::CancelKey,
     /// Whatever the client sent after its login messages.
     early_bytes: BytesMut,
+    tenant: Arc<Tenant>,
+    /// Transaction mode: the settings that follow the client.
+    settings: Settings,
+    /// Counts the client against its tenant's limit while it is connected.
+    _slot: ClientSlot,
 }
 
 /// Serves one client from its startup parameters to its disconnect. Login and release run inside
@@ -68,6 +79,9 @@ pub async fn serve<C: AsyncRead + AsyncWrite + Unpin>(
         Ok(o) => o,
         Err(end) => return end,
     };
+    if opened.tenant.pool.mode == PoolMode::Transaction {
+        return serve_transactions(shared, client, opened, span).await;
+    }
     let mut link = LinkState::Ready(TxStatus::Idle);
     let end = Relay::new(std::mem::take(&mut opened.early_bytes))
         .run(client, &mut opened.guard.conn().stream, &mut link)
@@ -75,6 +89,46 @@ pub async fn serve<C: AsyncRead + AsyncWrite + Unpin>(
     close(shared, client, opened, end, link)
         .instrument(span.clone())
         .await
+}
+
+/// Transaction mode: the login's connection goes back at once, and each transaction takes one.
+async fn serve_transactions<C: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    client: &mut C,
+    opened: Opened,
+    span: &Span,
+) -> SessionEnd {
+    let Opened {
+        guard,
+        key,
+        early_bytes,
+        tenant,
+        settings,
+        _slot,
+    } = opened;
+    let pool = guard.pool().clone();
+    key.detach();
+    guard.give_back();
+    let slug = tenant.slug.clone();
+    let repool = move || {
+        let t = shared.catalog.snapshot().tenant(&slug).cloned()?;
+        (t.status != TenantStatus::Disabled).then(|| shared.pools.pool_for(&t))
+    };
+    let mut session = TxnSession::new(pool, &repool, &key, settings, early_bytes);
+    let end = session.run(client).await;
+    async {
+        match end {
+            TxnEnd::ClientLeft => SessionEnd::ClientLeft,
+            TxnEnd::ServerGone => SessionEnd::ServerGone,
+            TxnEnd::Refused(e) => refuse(client, e).await,
+            TxnEnd::ServerProtocol(e) => {
+                tracing::error!(error = %e, "backend broke the protocol");
+                refuse(client, ClientError::internal()).await
+            }
+        }
+    }
+    .instrument(span.clone())
+    .await
 }
 
 /// Login, checkout, settings, and the login reply to the client.
@@ -88,17 +142,34 @@ async fn open<C: AsyncRead + AsyncWrite + Unpin>(
         Ok(ok) => ok,
         Err(e) => return Err(refuse(client, e).await),
     };
+    let Some(slot) = shared
+        .pools
+        .admit_client(&tenant.slug, tenant.pool.max_client_connections)
+    else {
+        let e = ClientError::tenant_client_limit(&tenant.slug, tenant.pool.max_client_connections);
+        return Err(refuse(client, e).await);
+    };
     let mut guard = match checkout(shared, &tenant).await {
         Ok(g) => g,
         Err(e) => return Err(refuse(client, e).await),
     };
     let reset_timeout = Duration::from_millis(shared.config.proxy.reset_timeout_ms);
     // Carry the client's settings over; a bad value fails the login as the backend would.
+    let tracked = Settings::from_startup(&settings);
+    let transaction_mode = tenant.pool.mode == PoolMode::Transaction;
     let conn = guard.conn();
-    let sql = params::settings_sql(&settings, |n| conn.param(n));
+    let sql = if transaction_mode {
+        if conn.settings_fingerprint == tracked.fingerprint() {
+            String::new()
+        } else {
+            tracked.apply_sql()
+        }
+    } else {
+        params::settings_sql(&settings, |n| conn.param(n))
+    };
     if !sql.is_empty() {
         match conn.simple_query(&sql, reset_timeout).await {
-            Ok(_) => {}
+            Ok(_) => conn.settings_fingerprint = tracked.fingerprint(),
             Err(BackendError::Statement { body, .. }) => {
                 let mut out = BytesMut::new();
                 messages::write_message(&mut out, b'E', |b| b.extend_from_slice(&body));
@@ -134,6 +205,9 @@ async fn open<C: AsyncRead + AsyncWrite + Unpin>(
         guard,
         key,
         early_bytes: rbuf,
+        tenant,
+        settings: tracked,
+        _slot: slot,
     })
 }
 
@@ -236,14 +310,32 @@ async fn wait_until_active(
 }
 
 async fn checkout(shared: &Shared, tenant: &Tenant) -> Result<PooledConn, ClientError> {
-    let pool = shared.pools.pool_for(tenant);
-    pool.checkout().await.map_err(|e| match e {
-        CheckoutError::Timeout(waited) => {
-            ClientError::pool_exhausted(&tenant.slug, tenant.pool.size, waited.as_millis() as u64)
+    // A pool replaced while we waited (catalog change) is looked up again, a few times at most.
+    for _ in 0..3 {
+        let pool = shared.pools.pool_for(tenant);
+        match pool.checkout().await {
+            Ok(conn) => return Ok(conn),
+            Err(CheckoutError::Retired) => continue,
+            Err(CheckoutError::Timeout(waited)) => {
+                return Err(ClientError::pool_exhausted(
+                    &tenant.slug,
+                    &pool_limits(tenant),
+                    waited.as_millis() as u64,
+                ));
+            }
+            Err(CheckoutError::Connect(e)) => {
+                tracing::error!(error = %e, backend = ?tenant.backend, "backend connection failed");
+                return Err(ClientError::backend_unavailable(&tenant.slug));
+            }
         }
-        CheckoutError::Connect(e) => {
-            tracing::error!(error = %e, backend = ?tenant.backend, "backend connection failed");
-            ClientError::backend_unavailable(&tenant.slug)
-        }
-    })
+    }
+    Err(ClientError::backend_unavailable(&tenant.slug))
+}
+
+/// The limits a waiting client ran into, for its error message.
+pub fn pool_limits(tenant: &Tenant) -> String {
+    format!(
+        "pool size {}, server \"{}\" max_connections {}",
+        tenant.pool.size, tenant.backend.server, tenant.backend.server_max_connections
+    )
 }

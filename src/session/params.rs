@@ -65,7 +65,7 @@ pub fn settings_sql<'a>(
 }
 
 /// Appends `value` as an E'' literal, which means the same whatever standard_conforming_strings is.
-fn push_literal(sql: &mut String, value: &str) {
+pub(crate) fn push_literal(sql: &mut String, value: &str) {
     sql.push_str("E'");
     for c in value.chars() {
         match c {

@@ -166,7 +166,7 @@ async fn a_full_pool_answers_53300_after_the_checkout_timeout() {
     let db = e.as_db_error().expect("db error");
     assert_eq!(db.code().code(), "53300");
     assert!(
-        db.message().contains(&slug) && db.message().contains("all 1 server connections"),
+        db.message().contains(&slug) && db.message().contains("pool size 1"),
         "{}",
         db.message()
     );

@@ -1,0 +1,473 @@
+//! One server's connection budget, shared by every tenant pool placed on it: how many backend
+//! connections exist, each tenant's idle connections, and the clients waiting for one. A single
+//! lock per server keeps the counts exact.
+//!
+//! Fairness: when the budget is full, a connection released by a tenant above its fair share
+//! (the budget divided among tenants in use) is closed and its capacity handed to a waiting tenant
+//! below its share, round-robin; a tenant that needs a connection while the budget is full and
+//! nobody is busy takes one by closing the least recently used idle connection of another tenant.
+//! Connections never move between tenants: capacity moves, by closing and opening.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::backend::BackendConn;
+
+/// Identifies one tenant pool within its server.
+pub type PoolId = u64;
+
+/// Idle connections older than this are probed for a dead peer before reuse; younger ones are
+/// handed out as they are, sparing a syscall per transaction.
+const PROBE_AFTER_IDLE: Duration = Duration::from_millis(100);
+
+/// What a checkout is given.
+#[derive(Debug)]
+pub enum Grant {
+    /// An idle connection of the tenant.
+    Conn(BackendConn),
+    /// Leave to open a new connection; the capacity is already counted.
+    Open,
+}
+
+/// The answer to a request for a connection.
+pub enum Take {
+    /// Granted at once.
+    Now(Grant),
+    /// Queued: the grant arrives on the receiver, or the sender is dropped when the pool retires.
+    Wait(u64, oneshot::Receiver<Grant>),
+}
+
+struct Waiter {
+    id: u64,
+    tx: oneshot::Sender<Grant>,
+}
+
+/// One tenant pool's share of the server.
+struct Slot {
+    size: usize,
+    max_lifetime: Duration,
+    /// Connections of this pool that exist or are being opened.
+    open: usize,
+    /// Most recently returned last.
+    idle: Vec<BackendConn>,
+    waiters: VecDeque<Waiter>,
+    retired: bool,
+}
+
+impl Slot {
+    fn busy(&self) -> usize {
+        self.open - self.idle.len()
+    }
+
+    fn expired(&self, conn: &BackendConn, now: Instant) -> bool {
+        now.duration_since(conn.created) >= self.max_lifetime
+    }
+}
+
+struct State {
+    max: usize,
+    open: usize,
+    slots: HashMap<PoolId, Slot>,
+    /// Pools with waiters, in the order they are next served.
+    rotation: VecDeque<PoolId>,
+    next_waiter: u64,
+}
+
+/// The budget of one server.
+pub struct ServerBudget {
+    /// Catalog name of the server.
+    pub name: String,
+    state: Mutex<State>,
+}
+
+/// A point-in-time view of a budget, for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetUsage {
+    /// The limit.
+    pub max: usize,
+    /// Connections open or being opened.
+    pub open: usize,
+    /// Of those, idle.
+    pub idle: usize,
+    /// Clients waiting.
+    pub waiting: usize,
+}
+
+impl ServerBudget {
+    /// A budget of `max` connections.
+    pub fn new(name: &str, max: usize) -> Self {
+        ServerBudget {
+            name: name.to_owned(),
+            state: Mutex::new(State {
+                max: max.max(1),
+                open: 0,
+                slots: HashMap::new(),
+                rotation: VecDeque::new(),
+                next_waiter: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes the limit (catalog edit). Extra connections close as they come back.
+    pub fn set_max(&self, max: usize) {
+        let mut st = self.lock();
+        if st.max != max.max(1) {
+            st.max = max.max(1);
+            st.dispatch();
+        }
+    }
+
+    /// Registers a pool.
+    pub fn add_pool(&self, id: PoolId, size: usize, max_lifetime: Duration) {
+        self.lock().slots.insert(
+            id,
+            Slot {
+                size: size.max(1),
+                max_lifetime,
+                open: 0,
+                idle: Vec::new(),
+                waiters: VecDeque::new(),
+                retired: false,
+            },
+        );
+    }
+
+    /// Retires a pool: its idle connections close, its waiters are told to look again, and its
+    /// busy connections close when they come back.
+    pub fn retire_pool(&self, id: PoolId) {
+        let mut st = self.lock();
+        let Some(slot) = st.slots.get_mut(&id) else {
+            return;
+        };
+        slot.retired = true;
+        slot.waiters.clear();
+        let closed = slot.idle.len();
+        slot.idle.clear();
+        slot.open -= closed;
+        st.open -= closed;
+        st.rotation.retain(|p| *p != id);
+        st.forget_if_done(id);
+        st.dispatch();
+    }
+
+    /// Asks for a connection for pool `id`.
+    pub fn take(&self, id: PoolId) -> Take {
+        let mut st = self.lock();
+        let now = Instant::now();
+        let st = &mut *st;
+        let Some(slot) = st.slots.get_mut(&id) else {
+            let (_, rx) = oneshot::channel();
+            return Take::Wait(0, rx);
+        };
+        while let Some(conn) = slot.idle.pop() {
+            let stale = now.duration_since(conn.idle_since) >= PROBE_AFTER_IDLE;
+            if slot.expired(&conn, now) || (stale && !conn.is_alive()) {
+                slot.open -= 1;
+                st.open -= 1;
+                continue;
+            }
+            return Take::Now(Grant::Conn(conn));
+        }
+        if slot.open < slot.size {
+            if st.open < st.max {
+                slot.open += 1;
+                st.open += 1;
+                return Take::Now(Grant::Open);
+            }
+            if st.evict_lru_idle(id) {
+                if let Some(slot) = st.slots.get_mut(&id) {
+                    slot.open += 1;
+                }
+                st.open += 1;
+                return Take::Now(Grant::Open);
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        st.next_waiter += 1;
+        let wid = st.next_waiter;
+        if let Some(slot) = st.slots.get_mut(&id) {
+            slot.waiters.push_back(Waiter { id: wid, tx });
+        }
+        if !st.rotation.contains(&id) {
+            st.rotation.push_back(id);
+        }
+        Take::Wait(wid, rx)
+    }
+
+    /// Withdraws a waiter that gave up. Returns a grant that raced with the withdrawal, if any,
+    /// so the caller can use it instead of failing.
+    pub fn cancel_wait(
+        &self,
+        id: PoolId,
+        waiter: u64,
+        rx: &mut oneshot::Receiver<Grant>,
+    ) -> Option<Grant> {
+        let mut st = self.lock();
+        if let Some(slot) = st.slots.get_mut(&id) {
+            slot.waiters.retain(|w| w.id != waiter);
+            if slot.waiters.is_empty() {
+                st.rotation.retain(|p| *p != id);
+            }
+        }
+        rx.try_recv().ok()
+    }
+
+    /// A connection of pool `id` comes back clean and reusable.
+    pub fn put_back(&self, id: PoolId, mut conn: BackendConn) {
+        let mut st = self.lock();
+        let now = Instant::now();
+        let Some(slot) = st.slots.get_mut(&id) else {
+            return;
+        };
+        if slot.retired || slot.expired(&conn, now) {
+            drop(conn);
+            st.release_capacity(id);
+            return;
+        }
+        // Budget full and another tenant below its fair share waits: capacity moves to it.
+        if st.open >= st.max
+            && let Some(other) = st.needy_other(id)
+        {
+            drop(conn);
+            st.release_capacity(id);
+            st.grant_open(other);
+            return;
+        }
+        conn.idle_since = now;
+        let mut conn = conn;
+        loop {
+            let Some(slot) = st.slots.get_mut(&id) else {
+                return;
+            };
+            let Some(w) = slot.waiters.pop_front() else {
+                break;
+            };
+            match w.tx.send(Grant::Conn(conn)) {
+                Ok(()) => {
+                    st.rotate(id);
+                    return;
+                }
+                Err(Grant::Conn(back)) => conn = back,
+                Err(Grant::Open) => return,
+            }
+        }
+        st.rotation.retain(|p| *p != id);
+        // Nobody of this tenant waits; a tenant waiting on the full budget gets the capacity.
+        if st.open >= st.max
+            && let Some(other) = st.waiting_other(id)
+        {
+            drop(conn);
+            st.release_capacity(id);
+            st.grant_open(other);
+            return;
+        }
+        if let Some(slot) = st.slots.get_mut(&id) {
+            slot.idle.push(conn);
+        }
+    }
+
+    /// A connection of pool `id` (or the leave to open one) is gone: closed, failed to open, or
+    /// dropped dirty.
+    pub fn closed(&self, id: PoolId) {
+        let mut st = self.lock();
+        st.release_capacity(id);
+        st.dispatch();
+    }
+
+    /// Closes idle connections of pool `id` that are dead, past their lifetime, or idle longer
+    /// than `idle_timeout` beyond the first `min_idle`. Returns how many remain idle.
+    pub fn evict_idle(
+        &self,
+        id: PoolId,
+        idle_timeout: Duration,
+        min_idle: usize,
+        now: Instant,
+    ) -> usize {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(slot) = st.slots.get_mut(&id) else {
+            return 0;
+        };
+        let before = slot.idle.len();
+        let lifetime = slot.max_lifetime;
+        slot.idle
+            .retain(|c| c.is_alive() && now.duration_since(c.created) < lifetime);
+        // Oldest returns sit at the bottom of the stack.
+        let stale = slot
+            .idle
+            .iter()
+            .take_while(|c| now.duration_since(c.idle_since) >= idle_timeout)
+            .count();
+        let removable = stale.min(slot.idle.len().saturating_sub(min_idle));
+        slot.idle.drain(..removable);
+        let closed = before - slot.idle.len();
+        slot.open -= closed;
+        st.open -= closed;
+        let left = slot.idle.len();
+        if closed > 0 {
+            st.dispatch();
+        }
+        left
+    }
+
+    /// Reserves capacity to open one more idle connection for pool `id`, if both its size and
+    /// the budget allow without evicting anyone.
+    pub fn reserve_spare(&self, id: PoolId) -> bool {
+        let mut st = self.lock();
+        if st.open >= st.max {
+            return false;
+        }
+        let Some(slot) = st.slots.get_mut(&id) else {
+            return false;
+        };
+        if slot.retired || slot.open >= slot.size {
+            return false;
+        }
+        slot.open += 1;
+        st.open += 1;
+        true
+    }
+
+    /// The server's numbers now.
+    pub fn usage(&self) -> BudgetUsage {
+        let st = self.lock();
+        BudgetUsage {
+            max: st.max,
+            open: st.open,
+            idle: st.slots.values().map(|s| s.idle.len()).sum(),
+            waiting: st.slots.values().map(|s| s.waiters.len()).sum(),
+        }
+    }
+
+    /// Pool `id`'s numbers now: (open, idle, waiting).
+    pub fn pool_usage(&self, id: PoolId) -> (usize, usize, usize) {
+        let st = self.lock();
+        st.slots
+            .get(&id)
+            .map_or((0, 0, 0), |s| (s.open, s.idle.len(), s.waiters.len()))
+    }
+}
+
+impl State {
+    fn release_capacity(&mut self, id: PoolId) {
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.open = slot.open.saturating_sub(1);
+        }
+        self.open = self.open.saturating_sub(1);
+        self.forget_if_done(id);
+    }
+
+    fn forget_if_done(&mut self, id: PoolId) {
+        if self.slots.get(&id).is_some_and(|s| s.retired && s.open == 0) {
+            self.slots.remove(&id);
+        }
+    }
+
+    /// Fair share of the budget among pools in use (busy connections or waiters).
+    fn share(&self) -> usize {
+        let in_use = self
+            .slots
+            .values()
+            .filter(|s| s.busy() > 0 || !s.waiters.is_empty())
+            .count();
+        (self.max / in_use.max(1)).max(1)
+    }
+
+    /// The next pool in rotation, other than `id`, that waits for capacity and is below its
+    /// fair share, provided `id` itself is above its share or has nobody waiting.
+    fn needy_other(&self, id: PoolId) -> Option<PoolId> {
+        let me = self.slots.get(&id)?;
+        let share = self.share();
+        if !me.waiters.is_empty() && me.open <= share {
+            return None;
+        }
+        self.rotation.iter().copied().find(|p| {
+            *p != id
+                && self
+                    .slots
+                    .get(p)
+                    .is_some_and(|s| !s.waiters.is_empty() && s.open < s.size && s.open < share)
+        })
+    }
+
+    /// The next pool in rotation, other than `id`, that waits for capacity.
+    fn waiting_other(&self, id: PoolId) -> Option<PoolId> {
+        self.rotation.iter().copied().find(|p| {
+            *p != id
+                && self
+                    .slots
+                    .get(p)
+                    .is_some_and(|s| !s.waiters.is_empty() && s.open < s.size)
+        })
+    }
+
+    /// Sends leave-to-open to pool `id`'s first live waiter; if none is left the capacity stays
+    /// free.
+    fn grant_open(&mut self, id: PoolId) {
+        loop {
+            let Some(slot) = self.slots.get_mut(&id) else {
+                return;
+            };
+            let Some(w) = slot.waiters.pop_front() else {
+                self.rotation.retain(|p| *p != id);
+                return;
+            };
+            slot.open += 1;
+            self.open += 1;
+            if w.tx.send(Grant::Open).is_ok() {
+                self.rotate(id);
+                return;
+            }
+            self.release_capacity(id);
+        }
+    }
+
+    /// Moves `id` to the back of the rotation if it still has waiters, else out of it.
+    fn rotate(&mut self, id: PoolId) {
+        self.rotation.retain(|p| *p != id);
+        if self.slots.get(&id).is_some_and(|s| !s.waiters.is_empty()) {
+            self.rotation.push_back(id);
+        }
+    }
+
+    /// Hands free capacity to waiting pools, round-robin.
+    fn dispatch(&mut self) {
+        while self.open < self.max {
+            let next = self.rotation.iter().copied().find(|p| {
+                self.slots
+                    .get(p)
+                    .is_some_and(|s| !s.waiters.is_empty() && s.open < s.size)
+            });
+            match next {
+                Some(p) => self.grant_open(p),
+                None => return,
+            }
+        }
+    }
+
+    /// Closes the least recently used idle connection of a pool other than `id`.
+    fn evict_lru_idle(&mut self, id: PoolId) -> bool {
+        let victim = self
+            .slots
+            .iter()
+            .filter(|(p, s)| **p != id && !s.idle.is_empty())
+            .min_by_key(|(_, s)| s.idle.first().map(|c| c.idle_since))
+            .map(|(p, _)| *p);
+        let Some(victim) = victim else {
+            return false;
+        };
+        if let Some(slot) = self.slots.get_mut(&victim) {
+            slot.idle.remove(0);
+            slot.open -= 1;
+        }
+        self.open -= 1;
+        true
+    }
+}

@@ -1,0 +1,235 @@
+//! Protocol-level prepared statements in transaction mode. A client's statement names are its
+//! own; on the backend every statement is named after a hash of its text and parameter types, so
+//! two clients preparing the same name never collide, clients preparing the same text share one
+//! backend statement, and a statement can be prepared again on whichever backend connection the
+//! client gets next. Each backend connection keeps a bounded, least-recently-used set of what it
+//! has prepared.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+
+/// Named statements one client may hold at once (54000 beyond).
+pub const MAX_STATEMENTS_PER_CLIENT: usize = 10_000;
+
+/// Prefix of backend-side statement names.
+const BACKEND_PREFIX: &str = "pgtenant_";
+
+/// One distinct statement: its backend name and the Parse message that creates it there.
+#[derive(Debug)]
+pub struct Statement {
+    /// Name on every backend connection.
+    pub backend_name: Box<str>,
+    /// A whole Parse message (tag included) under `backend_name`.
+    pub parse: Bytes,
+}
+
+impl Statement {
+    /// Builds the backend statement for a Parse body whose name field is `client_name` and whose
+    /// remainder (query, parameter types) is `rest`.
+    pub fn from_parse(rest: &[u8]) -> Statement {
+        let digest = Sha256::digest(rest);
+        let mut name = String::with_capacity(BACKEND_PREFIX.len() + 32);
+        name.push_str(BACKEND_PREFIX);
+        for b in &digest[..16] {
+            name.push(char::from(HEX[usize::from(b >> 4)]));
+            name.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        let mut parse = BytesMut::with_capacity(6 + name.len() + rest.len());
+        parse.put_u8(b'P');
+        put_len(&mut parse, 4 + name.len() + 1 + rest.len());
+        parse.put_slice(name.as_bytes());
+        parse.put_u8(0);
+        parse.put_slice(rest);
+        Statement {
+            backend_name: name.into_boxed_str(),
+            parse: parse.freeze(),
+        }
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn put_len(out: &mut BytesMut, len: usize) {
+    out.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+}
+
+/// The statements a client has prepared, by the names it gave them.
+#[derive(Default)]
+pub struct ClientStatements {
+    by_name: HashMap<Box<[u8]>, Arc<Statement>>,
+}
+
+impl ClientStatements {
+    /// The statement the client calls `name`.
+    pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
+        self.by_name.get(name)
+    }
+
+    /// Records a new statement; false when the client already has `MAX_STATEMENTS_PER_CLIENT`.
+    pub fn insert(&mut self, name: &[u8], stmt: Arc<Statement>) -> bool {
+        if self.by_name.len() >= MAX_STATEMENTS_PER_CLIENT && !self.by_name.contains_key(name) {
+            return false;
+        }
+        self.by_name.insert(name.into(), stmt);
+        true
+    }
+
+    /// Forgets `name` (Close, DEALLOCATE, or a Parse that failed).
+    pub fn remove(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
+        self.by_name.remove(name)
+    }
+
+    /// Forgets everything (DEALLOCATE ALL, DISCARD ALL).
+    pub fn clear(&mut self) {
+        self.by_name.clear();
+    }
+
+    /// True when the client has a statement by this name.
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.by_name.contains_key(name)
+    }
+}
+
+/// What one backend connection has prepared, least recently used first out.
+#[derive(Debug, Default)]
+pub struct BackendStatements {
+    last_used: HashMap<Box<str>, u64>,
+    clock: u64,
+}
+
+impl BackendStatements {
+    /// True when `name` is prepared here; marks it used.
+    pub fn touch(&mut self, name: &str) -> bool {
+        self.clock += 1;
+        match self.last_used.get_mut(name) {
+            Some(t) => {
+                *t = self.clock;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records `name` as prepared; returns the least recently used name to close first when
+    /// that keeps the set within `capacity`.
+    pub fn add(&mut self, name: &str, capacity: usize) -> Option<Box<str>> {
+        self.clock += 1;
+        let evicted = if self.last_used.len() >= capacity.max(1) {
+            let oldest = self
+                .last_used
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(n, _)| n.clone());
+            if let Some(n) = &oldest {
+                self.last_used.remove(n);
+            }
+            oldest
+        } else {
+            None
+        };
+        self.last_used.insert(name.into(), self.clock);
+        evicted
+    }
+
+    /// Forgets `name` (its Parse failed).
+    pub fn remove(&mut self, name: &str) {
+        self.last_used.remove(name);
+    }
+
+    /// Forgets everything (DISCARD ALL or DEALLOCATE ALL ran on the backend).
+    pub fn clear(&mut self) {
+        self.last_used.clear();
+    }
+
+    /// Statements prepared here.
+    pub fn len(&self) -> usize {
+        self.last_used.len()
+    }
+
+    /// True when nothing is prepared here.
+    pub fn is_empty(&self) -> bool {
+        self.last_used.is_empty()
+    }
+}
+
+/// Splits a NUL-terminated string off the front of `body`.
+pub fn cstr(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = body.iter().position(|&b| b == 0)?;
+    Some((&body[..end], &body[end + 1..]))
+}
+
+/// Writes a Bind message like `body` (portal, statement, rest) but naming `statement`.
+pub fn write_bind(out: &mut BytesMut, portal: &[u8], statement: &str, rest: &[u8]) {
+    out.put_u8(b'B');
+    put_len(out, 4 + portal.len() + 1 + statement.len() + 1 + rest.len());
+    out.put_slice(portal);
+    out.put_u8(0);
+    out.put_slice(statement.as_bytes());
+    out.put_u8(0);
+    out.put_slice(rest);
+}
+
+/// Writes a Describe or Close (`tag`) of statement `name`.
+pub fn write_statement_target(out: &mut BytesMut, tag: u8, name: &str) {
+    out.put_u8(tag);
+    put_len(out, 4 + 1 + name.len() + 1);
+    out.put_u8(b'S');
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_text_same_backend_name_and_types_matter() {
+        let a = Statement::from_parse(b"select $1\0\0\x01\0\0\0\x17");
+        let b = Statement::from_parse(b"select $1\0\0\x01\0\0\0\x17");
+        let c = Statement::from_parse(b"select $1\0\0\x01\0\0\0\x19");
+        assert_eq!(a.backend_name, b.backend_name);
+        assert_ne!(a.backend_name, c.backend_name);
+        assert!(a.backend_name.starts_with(BACKEND_PREFIX));
+        // The Parse message is well formed: tag, length, name, rest.
+        let len = u32::from_be_bytes([a.parse[1], a.parse[2], a.parse[3], a.parse[4]]) as usize;
+        assert_eq!(len + 1, a.parse.len());
+        let (name, rest) = cstr(&a.parse[5..]).expect("name");
+        assert_eq!(name, a.backend_name.as_bytes());
+        assert_eq!(rest, b"select $1\0\0\x01\0\0\0\x17");
+    }
+
+    #[test]
+    fn backend_set_evicts_least_recently_used() {
+        let mut s = BackendStatements::default();
+        assert_eq!(s.add("a", 2), None);
+        assert_eq!(s.add("b", 2), None);
+        assert!(s.touch("a"));
+        assert_eq!(s.add("c", 2).as_deref(), Some("b"));
+        assert!(s.touch("a") && s.touch("c") && !s.touch("b"));
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn client_statements_are_bounded() {
+        let mut c = ClientStatements::default();
+        let stmt = Arc::new(Statement::from_parse(b"select 1\0\0\0"));
+        for i in 0..MAX_STATEMENTS_PER_CLIENT {
+            assert!(c.insert(format!("s{i}").as_bytes(), stmt.clone()));
+        }
+        assert!(!c.insert(b"one more", stmt.clone()));
+        assert!(c.insert(b"s1", stmt), "replacing an existing name is fine");
+    }
+
+    #[test]
+    fn rewritten_bind_and_describe_are_well_formed() {
+        let mut out = BytesMut::new();
+        write_bind(&mut out, b"", "pgtenant_x", b"\0\0\0\0\0\0");
+        assert_eq!(&out[..], b"B\0\0\0\x16\0pgtenant_x\0\0\0\0\0\0\0");
+        out.clear();
+        write_statement_target(&mut out, b'D', "n");
+        assert_eq!(&out[..], b"D\0\0\0\x07Sn\0");
+    }
+}

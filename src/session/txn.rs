@@ -1,0 +1,1159 @@
+//! Transaction pooling: a client holds a backend connection from the first message of a
+//! transaction until the ReadyForQuery 'I' that ends it, and none in between.
+//!
+//! Client messages pass through one at a time. Most are copied unchanged (large ones streamed);
+//! Parse, Bind, Describe and Close of named statements are rewritten to backend-side names
+//! ([`super::prepared`]), and a statement the current connection lacks is prepared on it first.
+//! Every forwarded message that the backend answers leaves an entry in a queue of expected
+//! replies, so the proxy knows which replies to swallow (those to its own injected messages) and
+//! where to put the replies it makes itself (ParseComplete for a statement the connection already
+//! has, CloseComplete for a client-only Close). Session settings are replayed onto each
+//! connection that does not carry them yet ([`super::tracking`]).
+
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::cancel::{CancelKey, CancelTarget};
+use super::prepared::{self, ClientStatements, MAX_STATEMENTS_PER_CLIENT, Statement};
+use super::tracking::{Classified, Settings, classify};
+use crate::config::SessionStatePolicy;
+use crate::error::ClientError;
+use crate::pool::{CheckoutError, PooledConn, TenantPool};
+use crate::protocol::{MAX_CLIENT_MESSAGE_LENGTH, messages};
+
+/// Most bytes read from a socket at once.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Unwritten output beyond which the side producing it is not read.
+const HIGH_WATER: usize = 64 * 1024;
+
+/// Largest backend message the proxy reads whole (ParameterStatus, CommandComplete, ...).
+const MAX_DECODED_SERVER_MESSAGE: usize = 1 << 20;
+
+/// Longest prefix of a Bind message searched for its two names.
+const MAX_BIND_NAMES: usize = 8 * 1024;
+
+/// Replies outstanding before the proxy stops reading a pipelining client.
+const MAX_EXPECTED: usize = 64 * 1024;
+
+/// Reported parameters a client cannot set, so never replayed.
+const UNSETTABLE_PARAMETERS: &[&str] = &[
+    "server_version",
+    "server_encoding",
+    "integer_datetimes",
+    "is_superuser",
+    "session_authorization",
+    "in_hot_standby",
+    "scram_iterations",
+];
+
+/// How a transaction-mode session ended.
+#[derive(Debug)]
+pub enum TxnEnd {
+    /// The client left.
+    ClientLeft,
+    /// The backend went away mid-transaction; what it sent was relayed.
+    ServerGone,
+    /// The client must be told this and disconnected.
+    Refused(ClientError),
+    /// The backend broke the protocol (or the proxy lost track of it).
+    ServerProtocol(String),
+}
+
+/// The backend message that completes a forwarded client message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    Parse,
+    Bind,
+    Close,
+    DescribeStatement,
+    DescribePortal,
+    Execute,
+    Sync,
+    /// Query or FunctionCall: everything up to ReadyForQuery.
+    Query,
+}
+
+/// Whose reply it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// The client's: forwarded.
+    Client,
+    /// The proxy's own message: swallowed.
+    Proxy,
+    /// The proxy's replacement for a Sync after a refused message: only its ReadyForQuery is
+    /// forwarded.
+    SyncStandIn,
+}
+
+/// A reply the proxy writes itself, in order with the backend's.
+#[derive(Debug)]
+enum Local {
+    ParseComplete,
+    CloseComplete,
+    Error(Box<ClientError>),
+    CommandComplete(&'static str),
+    /// ReadyForQuery with the transaction status the backend last reported.
+    ReadyForQuery,
+}
+
+#[derive(Debug)]
+enum Expect {
+    Reply {
+        reply: Reply,
+        owner: Owner,
+        /// A named Parse the client or proxy sent: undone if it fails.
+        parse: Option<ParseUndo>,
+    },
+    Local(Local),
+}
+
+#[derive(Debug)]
+struct ParseUndo {
+    client_name: Option<Box<[u8]>>,
+    stmt: Arc<Statement>,
+}
+
+/// Changes to the client's settings made inside the current transaction, applied when it ends
+/// without error or rollback.
+#[derive(Debug)]
+enum Pending {
+    Set(String, Bytes),
+    Reset(String),
+    ResetAll,
+}
+
+/// What a server message means for the queue.
+enum ServerAction {
+    Forward,
+    Swallow,
+}
+
+/// Everything a transaction-mode client carries between transactions.
+pub struct TxnSession<'a> {
+    pool: Arc<TenantPool>,
+    /// Looks the tenant's pool up again after a catalog change replaced it.
+    repool: &'a (dyn Fn() -> Option<Arc<TenantPool>> + Sync),
+    key: &'a CancelKey,
+    policy: SessionStatePolicy,
+    backend: Option<PooledConn>,
+    acquiring: Option<Pin<Box<dyn Future<Output = Result<PooledConn, CheckoutError>> + Send>>>,
+    cin: BytesMut,
+    sout: BytesMut,
+    sin: BytesMut,
+    cout: BytesMut,
+    client_stream_left: usize,
+    server_stream_left: usize,
+    server_stream_forward: bool,
+    expect: VecDeque<Expect>,
+    statements: ClientStatements,
+    settings: Settings,
+    pending: Vec<Pending>,
+    txn_failed: bool,
+    last_status: u8,
+    pinned: Option<&'static str>,
+    skipping: bool,
+    poisoned: bool,
+    client_done: bool,
+}
+
+/// Which socket operations are parked on a wake-up within one poll.
+#[derive(Default)]
+struct Waiting {
+    client_read: bool,
+    client_write: bool,
+    server_read: bool,
+    server_write: bool,
+}
+
+impl<'a> TxnSession<'a> {
+    /// A session whose client already logged in with `settings`; `early` holds whatever the
+    /// client sent after its login.
+    pub fn new(
+        pool: Arc<TenantPool>,
+        repool: &'a (dyn Fn() -> Option<Arc<TenantPool>> + Sync),
+        key: &'a CancelKey,
+        settings: Settings,
+        early: BytesMut,
+    ) -> Self {
+        let policy = pool.settings.session_state;
+        TxnSession {
+            pool,
+            repool,
+            key,
+            policy,
+            backend: None,
+            acquiring: None,
+            cin: early,
+            sout: BytesMut::with_capacity(READ_CHUNK),
+            sin: BytesMut::with_capacity(READ_CHUNK),
+            cout: BytesMut::with_capacity(READ_CHUNK),
+            client_stream_left: 0,
+            server_stream_left: 0,
+            server_stream_forward: true,
+            expect: VecDeque::new(),
+            statements: ClientStatements::default(),
+            settings,
+            pending: Vec::new(),
+            txn_failed: false,
+            last_status: b'I',
+            pinned: None,
+            skipping: false,
+            poisoned: false,
+            client_done: false,
+        }
+    }
+
+    /// Serves the client until it leaves or the session must end.
+    pub async fn run<C: AsyncRead + AsyncWrite + Unpin>(&mut self, client: &mut C) -> TxnEnd {
+        let end = poll_fn(|cx| self.poll_session(cx, client)).await;
+        // Whatever the backend said last (its FATAL) still reaches the client.
+        if !self.cout.is_empty() {
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                client.write_all(&self.cout),
+            )
+            .await;
+        }
+        self.finish();
+        end
+    }
+
+    /// Gives the backend back if it sits idle between transactions; closes it otherwise.
+    fn finish(&mut self) {
+        let Some(conn) = self.backend.take() else {
+            return;
+        };
+        let cancelled = self.key.detach();
+        if self.expect.is_empty() && self.last_status == b'I' && !cancelled && !self.poisoned {
+            conn.give_back();
+        }
+    }
+
+    fn poll_session<C: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &mut C,
+    ) -> Poll<TxnEnd> {
+        let mut waiting = Waiting::default();
+        loop {
+            let mut progress = false;
+            if let Some(acquiring) = self.acquiring.as_mut() {
+                match acquiring.as_mut().poll(cx) {
+                    Poll::Pending => {}
+                    Poll::Ready(result) => {
+                        self.acquiring = None;
+                        match result {
+                            Ok(conn) => {
+                                self.attach(conn);
+                                progress = true;
+                            }
+                            Err(CheckoutError::Retired) => match (self.repool)() {
+                                Some(pool) => {
+                                    self.pool = pool;
+                                    progress = true;
+                                }
+                                None => {
+                                    return Poll::Ready(TxnEnd::Refused(
+                                        ClientError::unknown_tenant(&self.pool.tenant),
+                                    ));
+                                }
+                            },
+                            Err(e) => return Poll::Ready(TxnEnd::Refused(self.checkout_error(e))),
+                        }
+                    }
+                }
+            }
+            if !waiting.server_write
+                && !self.sout.is_empty()
+                && let Some(conn) = self.backend.as_mut()
+            {
+                match Pin::new(&mut conn.conn().stream).poll_write(cx, &self.sout) {
+                    Poll::Pending => waiting.server_write = true,
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        self.sout.advance(n);
+                        progress = true;
+                    }
+                    Poll::Ready(_) => return Poll::Ready(self.server_gone()),
+                }
+            }
+            if !waiting.client_write && !self.cout.is_empty() {
+                match Pin::new(&mut *client).poll_write(cx, &self.cout) {
+                    Poll::Pending => waiting.client_write = true,
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        self.cout.advance(n);
+                        progress = true;
+                    }
+                    Poll::Ready(_) => return Poll::Ready(TxnEnd::ClientLeft),
+                }
+            }
+            if self.client_done && self.cout.is_empty() && self.sout.is_empty() {
+                return Poll::Ready(TxnEnd::ClientLeft);
+            }
+            if !self.client_done
+                && !waiting.client_read
+                && self.cin.len() < HIGH_WATER
+                && self.sout.len() < HIGH_WATER
+            {
+                match read_some(cx, client, &mut self.cin) {
+                    Poll::Pending => waiting.client_read = true,
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        self.client_done = true;
+                        progress = true;
+                    }
+                    Poll::Ready(Ok(_)) => progress = true,
+                }
+            }
+            match self.process_client() {
+                Ok(moved) => progress |= moved,
+                Err(end) => return Poll::Ready(end),
+            }
+            if !waiting.server_read
+                && self.cout.len() < HIGH_WATER
+                && let Some(conn) = self.backend.as_mut()
+            {
+                match read_some(cx, &mut conn.conn().stream, &mut self.sin) {
+                    Poll::Pending => waiting.server_read = true,
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(self.server_gone());
+                    }
+                    Poll::Ready(Ok(_)) => progress = true,
+                }
+            }
+            match self.process_server() {
+                Ok(moved) => progress |= moved,
+                Err(end) => return Poll::Ready(end),
+            }
+            if self.release_if_done() {
+                progress = true;
+                // A released connection's pending wake-ups no longer matter.
+                waiting.server_read = false;
+                waiting.server_write = false;
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    fn server_gone(&mut self) -> TxnEnd {
+        // Relay what arrived before the close (a FATAL with its SQLSTATE), or say it was lost.
+        let _ = self.process_server();
+        self.backend = None;
+        self.key.detach();
+        if !self.cout.is_empty() || self.expect.is_empty() {
+            TxnEnd::ServerGone
+        } else {
+            TxnEnd::Refused(ClientError::server_lost(&self.pool.tenant))
+        }
+    }
+
+    fn checkout_error(&self, e: CheckoutError) -> ClientError {
+        match e {
+            CheckoutError::Timeout(waited) => {
+                let limits = format!(
+                    "pool size {}, server \"{}\" max_connections {}",
+                    self.pool.settings.size,
+                    self.pool.target.server,
+                    self.pool.target.server_max_connections
+                );
+                ClientError::pool_exhausted(&self.pool.tenant, &limits, waited.as_millis() as u64)
+            }
+            CheckoutError::Connect(e) => {
+                tracing::error!(error = %e, backend = ?self.pool.target, "backend connection failed");
+                ClientError::backend_unavailable(&self.pool.tenant)
+            }
+            CheckoutError::Retired => ClientError::backend_unavailable(&self.pool.tenant),
+        }
+    }
+
+    /// Starts getting a backend connection: an idle one at once if there is one.
+    fn acquire(&mut self) {
+        if self.acquiring.is_some() {
+            return;
+        }
+        if self.pool.is_retired()
+            && let Some(pool) = (self.repool)()
+        {
+            self.pool = pool;
+        }
+        let pool = self.pool.clone();
+        self.acquiring = Some(Box::pin(async move { pool.checkout().await }));
+    }
+
+    /// Takes a connection into use: cancels go to it, and it gets the client's settings.
+    fn attach(&mut self, mut conn: PooledConn) {
+        let c = conn.conn();
+        self.key.set_target(Some(CancelTarget {
+            addr: c.addr,
+            pid: c.pid,
+            secret: c.secret.clone(),
+        }));
+        if c.settings_fingerprint != self.settings.fingerprint() {
+            let sql = self.settings.apply_sql();
+            c.settings_fingerprint = self.settings.fingerprint();
+            // Ahead of anything the client sent, since sout is empty between transactions.
+            messages::query(&mut self.sout, &sql);
+            self.expect.push_back(Expect::Reply {
+                reply: Reply::Query,
+                owner: Owner::Proxy,
+                parse: None,
+            });
+        }
+        self.backend = Some(conn);
+    }
+
+    /// Returns the connection once its transaction is over and nothing is outstanding.
+    fn release_if_done(&mut self) -> bool {
+        if self.backend.is_none()
+            || !self.expect.is_empty()
+            || self.last_status != b'I'
+            || self.pinned.is_some()
+            || self.client_stream_left > 0
+            || self.server_stream_left > 0
+            || !self.sout.is_empty()
+        {
+            return false;
+        }
+        let cancelled = self.key.detach();
+        if let Some(conn) = self.backend.take()
+            && !cancelled
+            && !self.poisoned
+        {
+            conn.give_back();
+        }
+        self.poisoned = false;
+        true
+    }
+
+    /// Queues a reply of the proxy's own, after everything the backend still owes.
+    fn local(&mut self, reply: Local) {
+        if self.expect.is_empty() {
+            self.write_local(reply);
+        } else {
+            self.expect.push_back(Expect::Local(reply));
+        }
+    }
+
+    fn write_local(&mut self, reply: Local) {
+        match reply {
+            Local::ParseComplete => self.cout.put_slice(&[b'1', 0, 0, 0, 4]),
+            Local::CloseComplete => self.cout.put_slice(&[b'3', 0, 0, 0, 4]),
+            Local::Error(e) => messages::error_response(&mut self.cout, &e),
+            Local::CommandComplete(tag) => messages::write_message(&mut self.cout, b'C', |b| {
+                b.put_slice(tag.as_bytes());
+                b.put_u8(0);
+            }),
+            Local::ReadyForQuery => messages::ready_for_query(&mut self.cout, self.last_status),
+        }
+    }
+
+    /// Writes the proxy's replies that have reached the front of the queue.
+    fn flush_locals(&mut self) {
+        while let Some(Expect::Local(_)) = self.expect.front() {
+            if let Some(Expect::Local(reply)) = self.expect.pop_front() {
+                self.write_local(reply);
+            }
+        }
+    }
+
+    /// Refuses the current message: an error reply, then everything up to Sync is skipped.
+    fn refuse(&mut self, err: ClientError) {
+        self.local(Local::Error(Box::new(err)));
+        self.skipping = true;
+    }
+
+    fn expect_reply(&mut self, reply: Reply) {
+        self.expect.push_back(Expect::Reply {
+            reply,
+            owner: Owner::Client,
+            parse: None,
+        });
+    }
+
+    /// Handles whole client messages (streaming large pass-through ones) until input runs out,
+    /// a backend is needed and not yet held, or output is backed up. True when bytes moved.
+    fn process_client(&mut self) -> Result<bool, TxnEnd> {
+        let mut moved = false;
+        loop {
+            if self.client_stream_left > 0 {
+                let n = self.client_stream_left.min(self.cin.len());
+                if n == 0 {
+                    return Ok(moved);
+                }
+                let chunk = self.cin.split_to(n);
+                if !self.skipping {
+                    self.sout.put_slice(&chunk);
+                }
+                self.client_stream_left -= n;
+                moved = true;
+                continue;
+            }
+            if self.client_done
+                || self.sout.len() >= HIGH_WATER
+                || self.expect.len() >= MAX_EXPECTED
+                || self.acquiring.is_some()
+            {
+                return Ok(moved);
+            }
+            let Some(&[tag, a, b, c, d]) = self.cin.first_chunk::<5>() else {
+                return Ok(moved);
+            };
+            let len = u32::from_be_bytes([a, b, c, d]) as usize;
+            if !(4..=MAX_CLIENT_MESSAGE_LENGTH).contains(&len) {
+                return Err(TxnEnd::Refused(ClientError::protocol(format!(
+                    "invalid message length {len} for message type {tag:#04x}"
+                ))));
+            }
+            let whole = self.cin.len() > len;
+            if tag == b'X' {
+                self.client_done = true;
+                return Ok(true);
+            }
+            if self.skipping {
+                if tag != b'S' {
+                    if whole {
+                        self.cin.advance(len + 1);
+                    } else {
+                        self.client_stream_left = len + 1 - self.cin.len();
+                        self.cin.clear();
+                    }
+                    moved = true;
+                    continue;
+                }
+                if !whole {
+                    return Ok(moved);
+                }
+                self.skipping = false;
+                self.cin.advance(len + 1);
+                self.sync_after_refusal();
+                moved = true;
+                continue;
+            }
+            match self.client_message(tag, len, whole)? {
+                Step::Done => moved = true,
+                Step::NeedMore => return Ok(moved),
+                Step::NeedBackend => {
+                    self.acquire();
+                    return Ok(moved);
+                }
+            }
+        }
+    }
+
+    /// The Sync that ends a refused batch: a held backend must fail its transaction too, so a
+    /// statement that raises stands in for the Sync; without one, the proxy answers alone.
+    fn sync_after_refusal(&mut self) {
+        if self.backend.is_some() {
+            messages::query(
+                &mut self.sout,
+                "DO $pgtenant$BEGIN RAISE EXCEPTION 'refused by pgtenant'; END$pgtenant$",
+            );
+            self.expect.push_back(Expect::Reply {
+                reply: Reply::Query,
+                owner: Owner::SyncStandIn,
+                parse: None,
+            });
+        } else {
+            self.last_status = b'I';
+            self.local(Local::ReadyForQuery);
+        }
+    }
+
+    /// Handles one client message whose header is at the front of `cin`.
+    fn client_message(&mut self, tag: u8, len: usize, whole: bool) -> Result<Step, TxnEnd> {
+        let held = self.backend.is_some();
+        match tag {
+            b'S' if !held => {
+                self.cin.advance(len + 1);
+                self.last_status = b'I';
+                self.local(Local::ReadyForQuery);
+                Ok(Step::Done)
+            }
+            b'H' if !held => {
+                self.cin.advance(len + 1);
+                Ok(Step::Done)
+            }
+            b'P' | b'Q' | b'D' | b'C' => {
+                if !whole {
+                    return Ok(Step::NeedMore);
+                }
+                let msg = self.cin.split_to(len + 1).freeze();
+                let body = msg.slice(5..);
+                let step = match tag {
+                    b'P' => self.parse(&msg, &body)?,
+                    b'Q' => self.query(&msg, &body),
+                    b'D' => self.describe(&msg, &body)?,
+                    _ => self.close(&msg, &body)?,
+                };
+                if matches!(step, Step::NeedBackend) {
+                    // Put the message back; it is handled again once a backend is held.
+                    let mut again = BytesMut::with_capacity(msg.len() + self.cin.len());
+                    again.put_slice(&msg);
+                    again.put_slice(&self.cin);
+                    self.cin = again;
+                }
+                Ok(step)
+            }
+            _ if !held => Ok(Step::NeedBackend),
+            b'B' => self.bind(len),
+            _ => {
+                let take = (len + 1).min(self.cin.len());
+                let chunk = self.cin.split_to(take);
+                self.sout.put_slice(&chunk);
+                self.client_stream_left = len + 1 - take;
+                match tag {
+                    b'E' => self.expect_reply(Reply::Execute),
+                    b'S' => self.expect_reply(Reply::Sync),
+                    b'F' => self.expect_reply(Reply::Query),
+                    // Flush, CopyData, CopyDone, CopyFail: no reply of their own.
+                    _ => {}
+                }
+                Ok(Step::Done)
+            }
+        }
+    }
+
+    fn parse(&mut self, msg: &Bytes, body: &Bytes) -> Result<Step, TxnEnd> {
+        let Some((name, rest)) = prepared::cstr(body) else {
+            return Err(malformed("Parse"));
+        };
+        let Some((sql, _)) = prepared::cstr(rest) else {
+            return Err(malformed("Parse"));
+        };
+        if self.backend.is_none() {
+            return Ok(Step::NeedBackend);
+        }
+        if self.watch_statement(sql, Some(body)) {
+            return Ok(Step::Done);
+        }
+        if name.is_empty() {
+            self.sout.put_slice(msg);
+            self.expect_reply(Reply::Parse);
+            return Ok(Step::Done);
+        }
+        if self.statements.contains(name) {
+            self.refuse(ClientError::duplicate_statement(&String::from_utf8_lossy(
+                name,
+            )));
+            return Ok(Step::Done);
+        }
+        let stmt = Arc::new(Statement::from_parse(rest));
+        if !self.statements.insert(name, stmt.clone()) {
+            self.refuse(ClientError::too_many_statements(MAX_STATEMENTS_PER_CLIENT));
+            return Ok(Step::Done);
+        }
+        if self.on_backend(&stmt) {
+            self.local(Local::ParseComplete);
+        } else {
+            self.prepare_on_backend(&stmt, Owner::Client, Some(name.into()));
+        }
+        Ok(Step::Done)
+    }
+
+    /// True when the backend has `stmt`; marks it used.
+    fn on_backend(&mut self, stmt: &Statement) -> bool {
+        self.backend
+            .as_mut()
+            .is_some_and(|b| b.conn().statements.touch(&stmt.backend_name))
+    }
+
+    /// Sends `stmt`'s Parse to the backend, closing its least recently used statement first if
+    /// the connection is at its bound.
+    fn prepare_on_backend(
+        &mut self,
+        stmt: &Arc<Statement>,
+        owner: Owner,
+        client_name: Option<Box<[u8]>>,
+    ) {
+        let capacity = self.pool.settings.prepared_statements_per_connection as usize;
+        let Some(conn) = self.backend.as_mut() else {
+            return;
+        };
+        if let Some(evicted) = conn.conn().statements.add(&stmt.backend_name, capacity) {
+            prepared::write_statement_target(&mut self.sout, b'C', &evicted);
+            self.expect.push_back(Expect::Reply {
+                reply: Reply::Close,
+                owner: Owner::Proxy,
+                parse: None,
+            });
+        }
+        self.sout.put_slice(&stmt.parse);
+        self.expect.push_back(Expect::Reply {
+            reply: Reply::Parse,
+            owner,
+            parse: Some(ParseUndo {
+                client_name,
+                stmt: stmt.clone(),
+            }),
+        });
+    }
+
+    /// Looks at the SQL of a Query or Parse for session state. True when the message was
+    /// refused (error policy) and must not go on.
+    fn watch_statement(&mut self, sql: &[u8], parse_body: Option<&Bytes>) -> bool {
+        if self.pinned.is_some() {
+            return false;
+        }
+        match classify(sql) {
+            Classified::Plain | Classified::Deallocate(_) => false,
+            Classified::Pins(what) => match self.policy {
+                SessionStatePolicy::Pin => {
+                    tracing::info!(tenant = %self.pool.tenant, reason = what, "client pinned to its backend connection");
+                    self.pinned = Some(what);
+                    false
+                }
+                SessionStatePolicy::Error => {
+                    let err = ClientError::session_state_refused(what);
+                    if parse_body.is_some() {
+                        self.refuse(err);
+                    } else {
+                        // A raising statement in its place keeps the backend's transaction
+                        // state the same as the client's.
+                        let sql = refusal_sql(&err.message);
+                        messages::query(&mut self.sout, &sql);
+                        self.expect_reply(Reply::Query);
+                    }
+                    true
+                }
+            },
+            Classified::Set { name } => {
+                self.pending
+                    .push(Pending::Set(name, Bytes::copy_from_slice(sql)));
+                false
+            }
+            Classified::Reset { name } => {
+                self.pending.push(Pending::Reset(name));
+                false
+            }
+            Classified::ResetAll => {
+                self.pending.push(Pending::ResetAll);
+                false
+            }
+            Classified::DiscardAll => {
+                self.pending.push(Pending::ResetAll);
+                self.statements.clear();
+                if let Some(conn) = self.backend.as_mut() {
+                    conn.conn().statements.clear();
+                }
+                false
+            }
+        }
+    }
+
+    fn query(&mut self, msg: &Bytes, body: &Bytes) -> Step {
+        let sql = prepared::cstr(body).map_or(&body[..], |(s, _)| s);
+        // DEALLOCATE of a protocol-level statement is the proxy's to answer.
+        if let Classified::Deallocate(target) = classify(sql)
+            && self.pinned.is_none()
+        {
+            let known = match &target {
+                Some(name) => self.statements.remove(name.as_bytes()).is_some(),
+                None => {
+                    self.statements.clear();
+                    true
+                }
+            };
+            if known {
+                let tag = if target.is_some() {
+                    "DEALLOCATE"
+                } else {
+                    "DEALLOCATE ALL"
+                };
+                self.local(Local::CommandComplete(tag));
+                self.local(Local::ReadyForQuery);
+                return Step::Done;
+            }
+        }
+        if self.backend.is_none() {
+            return Step::NeedBackend;
+        }
+        if self.watch_statement(sql, None) {
+            return Step::Done;
+        }
+        self.sout.put_slice(msg);
+        self.expect_reply(Reply::Query);
+        Step::Done
+    }
+
+    fn describe(&mut self, msg: &Bytes, body: &Bytes) -> Result<Step, TxnEnd> {
+        let Some((&kind, rest)) = body.split_first() else {
+            return Err(malformed("Describe"));
+        };
+        let name = prepared::cstr(rest).map_or(rest, |(n, _)| n);
+        if self.backend.is_none() {
+            return Ok(Step::NeedBackend);
+        }
+        if kind == b'S'
+            && !name.is_empty()
+            && let Some(stmt) = self.statements.get(name).cloned()
+        {
+            if !self.on_backend(&stmt) {
+                self.prepare_on_backend(&stmt, Owner::Proxy, None);
+            }
+            prepared::write_statement_target(&mut self.sout, b'D', &stmt.backend_name);
+            self.expect_reply(Reply::DescribeStatement);
+            return Ok(Step::Done);
+        }
+        self.sout.put_slice(msg);
+        self.expect_reply(if kind == b'S' {
+            Reply::DescribeStatement
+        } else {
+            Reply::DescribePortal
+        });
+        Ok(Step::Done)
+    }
+
+    fn close(&mut self, msg: &Bytes, body: &Bytes) -> Result<Step, TxnEnd> {
+        let Some((&kind, rest)) = body.split_first() else {
+            return Err(malformed("Close"));
+        };
+        let name = prepared::cstr(rest).map_or(rest, |(n, _)| n);
+        // A named statement is the client's alone; the backend copy may serve others.
+        if kind == b'S' && !name.is_empty() && (self.pinned.is_none() || self.statements.contains(name)) {
+            self.statements.remove(name);
+            self.local(Local::CloseComplete);
+            return Ok(Step::Done);
+        }
+        if self.backend.is_none() {
+            // Outside a transaction there are no portals, and unnamed statements are gone.
+            self.local(Local::CloseComplete);
+            return Ok(Step::Done);
+        }
+        self.sout.put_slice(msg);
+        self.expect_reply(Reply::Close);
+        Ok(Step::Done)
+    }
+
+    /// Bind: only the two names at its front are read; the parameters stream through.
+    fn bind(&mut self, len: usize) -> Result<Step, TxnEnd> {
+        let avail = self.cin.len().min(len + 1);
+        let head = &self.cin[5..avail];
+        let names = prepared::cstr(head).and_then(|(portal, rest)| {
+            prepared::cstr(rest).map(|(stmt, _)| (portal.len(), stmt.len()))
+        });
+        let Some((portal_len, stmt_len)) = names else {
+            if avail >= len + 1 || avail >= MAX_BIND_NAMES {
+                return Err(malformed("Bind"));
+            }
+            return Ok(Step::NeedMore);
+        };
+        let names_end = 5 + portal_len + 1 + stmt_len + 1;
+        let stmt_name = &self.cin[5 + portal_len + 1..names_end - 1];
+        let stmt = if stmt_name.is_empty() {
+            None
+        } else {
+            self.statements.get(stmt_name).cloned()
+        };
+        match stmt {
+            None => {
+                // Unnamed, or unknown to the proxy: the backend answers as it would.
+                let chunk = self.cin.split_to(avail);
+                self.sout.put_slice(&chunk);
+                self.client_stream_left = len + 1 - avail;
+            }
+            Some(stmt) => {
+                if !self.on_backend(&stmt) {
+                    self.prepare_on_backend(&stmt, Owner::Proxy, None);
+                }
+                let head = self.cin.split_to(avail);
+                let rest_total = len + 1 - names_end;
+                let portal = &head[5..5 + portal_len];
+                self.sout.put_u8(b'B');
+                let new_len = 4 + portal_len + 1 + stmt.backend_name.len() + 1 + rest_total;
+                self.sout
+                    .put_u32(u32::try_from(new_len).map_err(|_| malformed("Bind"))?);
+                self.sout.put_slice(portal);
+                self.sout.put_u8(0);
+                self.sout.put_slice(stmt.backend_name.as_bytes());
+                self.sout.put_u8(0);
+                self.sout.put_slice(&head[names_end..]);
+                self.client_stream_left = len + 1 - avail;
+            }
+        }
+        self.expect_reply(Reply::Bind);
+        Ok(Step::Done)
+    }
+
+    /// Handles backend messages (streaming large pass-through ones) until input runs out or the
+    /// client's output is backed up. True when bytes moved.
+    fn process_server(&mut self) -> Result<bool, TxnEnd> {
+        let mut moved = false;
+        loop {
+            if self.server_stream_left > 0 {
+                let n = self.server_stream_left.min(self.sin.len());
+                if n == 0 {
+                    return Ok(moved);
+                }
+                let chunk = self.sin.split_to(n);
+                if self.server_stream_forward {
+                    self.cout.put_slice(&chunk);
+                }
+                self.server_stream_left -= n;
+                if self.server_stream_left == 0 {
+                    self.flush_locals();
+                }
+                moved = true;
+                continue;
+            }
+            if self.cout.len() >= HIGH_WATER {
+                return Ok(moved);
+            }
+            let Some(&[tag, a, b, c, d]) = self.sin.first_chunk::<5>() else {
+                return Ok(moved);
+            };
+            let len = u32::from_be_bytes([a, b, c, d]) as usize;
+            if len < 4 {
+                return Err(TxnEnd::ServerProtocol(format!(
+                    "invalid message length {len} for message type {tag:#04x}"
+                )));
+            }
+            let decoded = matches!(tag, b'Z' | b'S' | b'C' | b'E');
+            if decoded && len > MAX_DECODED_SERVER_MESSAGE {
+                return Err(TxnEnd::ServerProtocol(format!(
+                    "message {tag:#04x} of {len} bytes is too long"
+                )));
+            }
+            if decoded && self.sin.len() <= len {
+                self.sin.reserve(len + 1 - self.sin.len());
+                return Ok(moved);
+            }
+            let action = self.server_message(tag, len)?;
+            let take = (len + 1).min(self.sin.len());
+            let chunk = self.sin.split_to(take);
+            self.server_stream_left = len + 1 - take;
+            self.server_stream_forward = matches!(action, ServerAction::Forward);
+            if self.server_stream_forward {
+                self.cout.put_slice(&chunk);
+            }
+            if self.server_stream_left == 0 {
+                // The proxy's own replies queued behind this one go out after it.
+                self.flush_locals();
+            }
+            moved = true;
+        }
+    }
+
+    /// Decides what one backend message (header at the front of `sin`; whole if decoded) does
+    /// to the queue and whether it reaches the client.
+    fn server_message(&mut self, tag: u8, len: usize) -> Result<ServerAction, TxnEnd> {
+        let front_owner = match self.expect.front() {
+            Some(Expect::Reply { owner, .. }) => Some(*owner),
+            _ => None,
+        };
+        let front_reply = match self.expect.front() {
+            Some(Expect::Reply { reply, .. }) => Some(*reply),
+            _ => None,
+        };
+        let own = |o: Option<Owner>| {
+            if o == Some(Owner::Client) || o.is_none() {
+                ServerAction::Forward
+            } else {
+                ServerAction::Swallow
+            }
+        };
+        match tag {
+            // Asynchronous: notices and notifications always reach the client.
+            b'N' | b'A' => Ok(ServerAction::Forward),
+            b'S' => {
+                let body = &self.sin[5..len + 1];
+                let (name, value) = prepared::cstr(body)
+                    .and_then(|(n, r)| prepared::cstr(r).map(|(v, _)| (n, v)))
+                    .ok_or_else(|| TxnEnd::ServerProtocol("malformed ParameterStatus".into()))?;
+                let name = String::from_utf8_lossy(name).into_owned();
+                let value = String::from_utf8_lossy(value).into_owned();
+                if let Some(conn) = self.backend.as_mut() {
+                    crate::auth::backend::set_param(&mut conn.conn().params, &name, &value);
+                }
+                if front_owner == Some(Owner::Proxy) {
+                    return Ok(ServerAction::Swallow);
+                }
+                // A change the client made (SET, set_config, a rolled-back SET undone).
+                if !UNSETTABLE_PARAMETERS.contains(&name.to_ascii_lowercase().as_str()) {
+                    self.settings.set_value(&name, &value);
+                    if let Some(conn) = self.backend.as_mut() {
+                        conn.conn().settings_fingerprint = self.settings.fingerprint();
+                    }
+                }
+                Ok(ServerAction::Forward)
+            }
+            b'Z' => {
+                let status = self.sin[5];
+                let Some(Expect::Reply { owner, .. }) = self.expect.pop_front() else {
+                    return Err(self.lost_track(tag));
+                };
+                if !matches!(front_reply, Some(Reply::Sync | Reply::Query)) {
+                    return Err(self.lost_track(tag));
+                }
+                self.last_status = status;
+                if status == b'I' {
+                    self.end_of_transaction();
+                }
+                Ok(if owner == Owner::Proxy {
+                    ServerAction::Swallow
+                } else {
+                    ServerAction::Forward
+                })
+            }
+            b'E' => {
+                self.txn_failed = true;
+                let action = own(front_owner);
+                if front_owner == Some(Owner::Proxy) && front_reply == Some(Reply::Query) {
+                    tracing::warn!(tenant = %self.pool.tenant, "replaying client settings failed; the connection will be closed");
+                    self.poisoned = true;
+                }
+                match front_reply {
+                    Some(Reply::Query) | None => {}
+                    Some(_) => {
+                        // Extended protocol: the backend skips to the next Sync.
+                        self.pop_front_undoing();
+                        while let Some(e) = self.expect.front() {
+                            if matches!(
+                                e,
+                                Expect::Reply {
+                                    reply: Reply::Sync | Reply::Query,
+                                    ..
+                                }
+                            ) {
+                                break;
+                            }
+                            self.pop_front_undoing();
+                        }
+                    }
+                }
+                // An injected Parse failing shows the client why its Bind cannot run.
+                if front_owner == Some(Owner::Proxy) && front_reply == Some(Reply::Parse) {
+                    return Ok(ServerAction::Forward);
+                }
+                Ok(action)
+            }
+            b'1' | b'2' | b'3' => {
+                let want = match tag {
+                    b'1' => Reply::Parse,
+                    b'2' => Reply::Bind,
+                    _ => Reply::Close,
+                };
+                if front_reply != Some(want) {
+                    return Err(self.lost_track(tag));
+                }
+                self.expect.pop_front();
+                Ok(own(front_owner))
+            }
+            b'T' | b'n' if matches!(
+                front_reply,
+                Some(Reply::DescribeStatement | Reply::DescribePortal)
+            ) =>
+            {
+                self.expect.pop_front();
+                Ok(own(front_owner))
+            }
+            b'C' | b'I' | b's' if front_reply == Some(Reply::Execute) => {
+                if tag == b'C' {
+                    self.command_complete(len);
+                }
+                self.expect.pop_front();
+                Ok(own(front_owner))
+            }
+            b'C' => {
+                self.command_complete(len);
+                Ok(own(front_owner))
+            }
+            _ => Ok(own(front_owner)),
+        }
+    }
+
+    /// CommandComplete: a ROLLBACK undoes SETs of the transaction; DISCARD ALL and DEALLOCATE
+    /// ALL wiped the connection's prepared statements.
+    fn command_complete(&mut self, len: usize) {
+        let tag = &self.sin[5..len];
+        match tag {
+            b"ROLLBACK" => self.txn_failed = true,
+            b"DISCARD ALL" | b"DEALLOCATE ALL" => {
+                if let Some(conn) = self.backend.as_mut() {
+                    conn.conn().statements.clear();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A transaction ended: settings changed inside it stick unless it failed or rolled back.
+    fn end_of_transaction(&mut self) {
+        let failed = std::mem::take(&mut self.txn_failed);
+        let pending = std::mem::take(&mut self.pending);
+        if failed || pending.is_empty() {
+            return;
+        }
+        for p in pending {
+            match p {
+                Pending::Set(name, sql) => self.settings.set_statement(name, &sql),
+                Pending::Reset(name) => self.settings.reset(&name),
+                Pending::ResetAll => self.settings.clear(),
+            }
+        }
+        if let Some(conn) = self.backend.as_mut() {
+            conn.conn().settings_fingerprint = self.settings.fingerprint();
+        }
+    }
+
+    /// Drops the front entry; a failed Parse leaves no trace of its statement.
+    fn pop_front_undoing(&mut self) {
+        if let Some(Expect::Reply {
+            parse: Some(undo), ..
+        }) = self.expect.pop_front()
+        {
+            if let Some(conn) = self.backend.as_mut() {
+                conn.conn().statements.remove(&undo.stmt.backend_name);
+            }
+            if let Some(name) = undo.client_name
+                && self
+                    .statements
+                    .get(&name)
+                    .is_some_and(|s| Arc::ptr_eq(s, &undo.stmt))
+            {
+                self.statements.remove(&name);
+            }
+        }
+    }
+
+    fn lost_track(&self, tag: u8) -> TxnEnd {
+        tracing::error!(tenant = %self.pool.tenant, tag = %char::from(tag), expected = ?self.expect.front(), "reply does not match the request queue");
+        TxnEnd::ServerProtocol(format!("unexpected message {:?}", char::from(tag)))
+    }
+}
+
+/// What handling a client message came to.
+enum Step {
+    Done,
+    NeedMore,
+    NeedBackend,
+}
+
+fn malformed(what: &str) -> TxnEnd {
+    TxnEnd::Refused(ClientError::protocol(format!("malformed {what} message")))
+}
+
+/// A statement that fails with `message` and SQLSTATE 0A000 on the backend.
+fn refusal_sql(message: &str) -> String {
+    let escaped = message.replace('\'', "''");
+    format!(
+        "DO $pgtenant$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '{escaped}'; END$pgtenant$"
+    )
+}
+
+fn read_some<R: AsyncRead + Unpin>(
+    cx: &mut Context<'_>,
+    from: &mut R,
+    into: &mut BytesMut,
+) -> Poll<std::io::Result<usize>> {
+    if into.capacity() - into.len() < READ_CHUNK / 4 {
+        into.reserve(READ_CHUNK);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(from), cx, into)
+}

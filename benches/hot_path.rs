@@ -78,6 +78,7 @@ fn snapshot_lookup(c: &mut Criterion) {
         port: 5432,
         user: "u".into(),
         password: Secret::default(),
+        max_connections: None,
     }];
     let tenants: Vec<TenantConfig> = (0..100_000)
         .map(|i| TenantConfig {
@@ -87,7 +88,9 @@ fn snapshot_lookup(c: &mut Criterion) {
             status: "active".into(),
             backend_user: None,
             backend_password: None,
+            pool_mode: None,
             pool_size: None,
+            max_client_connections: None,
             min_idle: None,
             idle_timeout_ms: None,
             max_lifetime_ms: None,

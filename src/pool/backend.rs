@@ -106,6 +106,23 @@ impl BackendConn {
         .map_err(|_| BackendError::Timeout(limit))?
     }
 
+    /// A connection over `stream` with no login, for unit tests of the pool.
+    #[cfg(test)]
+    pub fn for_tests(stream: TcpStream) -> BackendConn {
+        let now = Instant::now();
+        BackendConn {
+            addr: stream.peer_addr().expect("peer"),
+            stream,
+            params: Vec::new(),
+            pid: 0,
+            secret: std::sync::Arc::from(&[0u8; 4][..]),
+            created: now,
+            idle_since: now,
+            statements: BackendStatements::default(),
+            settings_fingerprint: 0,
+        }
+    }
+
     /// Runs `sql` with the simple protocol and reads up to ReadyForQuery, recording any
     /// ParameterStatus. Fails with the backend's ErrorResponse if a statement failed.
     pub async fn simple_query(

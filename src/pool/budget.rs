@@ -26,8 +26,8 @@ const PROBE_AFTER_IDLE: Duration = Duration::from_millis(100);
 /// What a checkout is given.
 #[derive(Debug)]
 pub enum Grant {
-    /// An idle connection of the tenant.
-    Conn(BackendConn),
+    /// An idle connection of the tenant (boxed: it is large, and handed over only to waiters).
+    Conn(Box<BackendConn>),
     /// Leave to open a new connection; the capacity is already counted.
     Open,
 }
@@ -173,7 +173,7 @@ impl ServerBudget {
                 st.open -= 1;
                 continue;
             }
-            return Take::Now(Grant::Conn(conn));
+            return Take::Now(Grant::Conn(Box::new(conn)));
         }
         if slot.open < slot.size {
             if st.open < st.max {
@@ -249,12 +249,12 @@ impl ServerBudget {
             let Some(w) = slot.waiters.pop_front() else {
                 break;
             };
-            match w.tx.send(Grant::Conn(conn)) {
+            match w.tx.send(Grant::Conn(Box::new(conn))) {
                 Ok(()) => {
                     st.rotate(id);
                     return;
                 }
-                Err(Grant::Conn(back)) => conn = back,
+                Err(Grant::Conn(back)) => conn = *back,
                 Err(Grant::Open) => return,
             }
         }
@@ -365,7 +365,11 @@ impl State {
     }
 
     fn forget_if_done(&mut self, id: PoolId) {
-        if self.slots.get(&id).is_some_and(|s| s.retired && s.open == 0) {
+        if self
+            .slots
+            .get(&id)
+            .is_some_and(|s| s.retired && s.open == 0)
+        {
             self.slots.remove(&id);
         }
     }
@@ -469,5 +473,97 @@ impl State {
         }
         self.open -= 1;
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A connection to a throwaway local listener, standing in for a backend.
+    async fn fake_conn(listener: &TcpListener) -> BackendConn {
+        let addr = listener.local_addr().expect("addr");
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (_peer, _) = listener.accept().await.expect("accept");
+        BackendConn::for_tests(stream)
+    }
+
+    fn granted(t: Take) -> Grant {
+        match t {
+            Take::Now(g) => g,
+            Take::Wait(..) => panic!("expected a grant"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_returned_connection_goes_to_the_waiter() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let b = ServerBudget::new("s", 10);
+        b.add_pool(1, 1, Duration::from_secs(60));
+        assert!(matches!(granted(b.take(1)), Grant::Open));
+        let Take::Wait(_, rx) = b.take(1) else {
+            panic!("pool is full");
+        };
+        b.put_back(1, fake_conn(&listener).await);
+        assert!(matches!(rx.await, Ok(Grant::Conn(_))));
+        assert_eq!(b.usage().open, 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_budget_moves_capacity_to_a_tenant_below_its_share() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let b = ServerBudget::new("s", 2);
+        b.add_pool(1, 5, Duration::from_secs(60));
+        b.add_pool(2, 5, Duration::from_secs(60));
+        // Tenant 1 takes the whole budget and wants more.
+        assert!(matches!(granted(b.take(1)), Grant::Open));
+        assert!(matches!(granted(b.take(1)), Grant::Open));
+        let Take::Wait(_, mut rx1) = b.take(1) else {
+            panic!("budget full");
+        };
+        let Take::Wait(_, rx2) = b.take(2) else {
+            panic!("budget full");
+        };
+        // Tenant 1 is above its share (1 of 2): its returned connection closes and tenant 2
+        // may open one, although tenant 1 has a waiter too.
+        b.put_back(1, fake_conn(&listener).await);
+        assert!(matches!(rx2.await, Ok(Grant::Open)));
+        assert!(rx1.try_recv().is_err());
+        assert_eq!(b.usage().open, 2);
+        // At its share, tenant 1 keeps what it returns for its own waiter.
+        b.put_back(1, fake_conn(&listener).await);
+        assert!(matches!(rx1.await, Ok(Grant::Conn(_))));
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_of_another_tenant_is_evicted_for_a_newcomer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let b = ServerBudget::new("s", 1);
+        b.add_pool(1, 5, Duration::from_secs(60));
+        b.add_pool(2, 5, Duration::from_secs(60));
+        assert!(matches!(granted(b.take(1)), Grant::Open));
+        b.put_back(1, fake_conn(&listener).await);
+        assert_eq!(b.pool_usage(1), (1, 1, 0));
+        assert!(matches!(granted(b.take(2)), Grant::Open));
+        assert_eq!(b.pool_usage(1), (0, 0, 0));
+        assert_eq!(b.usage().open, 1);
+    }
+
+    #[tokio::test]
+    async fn a_withdrawn_waiter_is_skipped() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let b = ServerBudget::new("s", 10);
+        b.add_pool(1, 1, Duration::from_secs(60));
+        assert!(matches!(granted(b.take(1)), Grant::Open));
+        let Take::Wait(w1, mut rx1) = b.take(1) else {
+            panic!("full");
+        };
+        let Take::Wait(_, rx2) = b.take(1) else {
+            panic!("full");
+        };
+        assert!(b.cancel_wait(1, w1, &mut rx1).is_none());
+        b.put_back(1, fake_conn(&listener).await);
+        assert!(matches!(rx2.await, Ok(Grant::Conn(_))));
     }
 }

@@ -199,7 +199,7 @@ impl TenantPool {
             }
         };
         let conn = match grant {
-            Grant::Conn(conn) => conn,
+            Grant::Conn(conn) => *conn,
             Grant::Open => {
                 // The guard owns the reserved capacity from here: a failed or cancelled open
                 // gives it back.
@@ -208,7 +208,8 @@ impl TenantPool {
                     pool: self.clone(),
                     returned: false,
                 };
-                let conn = BackendConn::connect(&self.target, self.settings.connect_timeout).await?;
+                let conn =
+                    BackendConn::connect(&self.target, self.settings.connect_timeout).await?;
                 tracing::debug!(tenant = %self.tenant, backend = ?self.target, pid = conn.pid, "backend connection opened");
                 guard.conn = Some(conn);
                 return Ok(guard);
@@ -293,7 +294,7 @@ impl Wait<'_> {
 impl Drop for Wait<'_> {
     fn drop(&mut self) {
         match self.withdraw() {
-            Some(Grant::Conn(conn)) => self.pool.server.put_back(self.pool.id, conn),
+            Some(Grant::Conn(conn)) => self.pool.server.put_back(self.pool.id, *conn),
             Some(Grant::Open) => self.pool.server.closed(self.pool.id),
             None => {}
         }

@@ -19,8 +19,8 @@ use tracing::{Instrument, Span};
 
 use crate::auth::client::{AuthRequest, authenticate};
 use crate::config::AuthMethod;
-use crate::error::ClientError;
 use crate::config::PoolMode;
+use crate::error::ClientError;
 use crate::pool::{BackendError, CheckoutError, ClientSlot, PooledConn};
 use crate::protocol::{TxStatus, messages};
 use crate::server::Shared;

@@ -49,7 +49,10 @@ pub fn classify(sql: &[u8]) -> Classified {
         return Classified::Pins("a temporary table");
     }
     let mut statements = split_statements(sql);
-    let first = statements.next().map(classify_one).unwrap_or(Classified::Plain);
+    let first = statements
+        .next()
+        .map(classify_one)
+        .unwrap_or(Classified::Plain);
     let mut rest_plain = true;
     for s in statements {
         if classify_one(s) != Classified::Plain {

@@ -135,6 +135,9 @@ enum ServerAction {
     Swallow,
 }
 
+/// A checkout in progress.
+type Checkout = Pin<Box<dyn Future<Output = Result<PooledConn, CheckoutError>> + Send>>;
+
 /// Everything a transaction-mode client carries between transactions.
 pub struct TxnSession<'a> {
     pool: Arc<TenantPool>,
@@ -143,7 +146,7 @@ pub struct TxnSession<'a> {
     key: &'a CancelKey,
     policy: SessionStatePolicy,
     backend: Option<PooledConn>,
-    acquiring: Option<Pin<Box<dyn Future<Output = Result<PooledConn, CheckoutError>> + Send>>>,
+    acquiring: Option<Checkout>,
     cin: BytesMut,
     sout: BytesMut,
     sin: BytesMut,
@@ -540,8 +543,9 @@ impl<'a> TxnSession<'a> {
                 Step::Done => moved = true,
                 Step::NeedMore => return Ok(moved),
                 Step::NeedBackend => {
+                    // The new checkout must be polled before this poll returns.
                     self.acquire();
-                    return Ok(moved);
+                    return Ok(true);
                 }
             }
         }
@@ -816,7 +820,10 @@ impl<'a> TxnSession<'a> {
         };
         let name = prepared::cstr(rest).map_or(rest, |(n, _)| n);
         // A named statement is the client's alone; the backend copy may serve others.
-        if kind == b'S' && !name.is_empty() && (self.pinned.is_none() || self.statements.contains(name)) {
+        if kind == b'S'
+            && !name.is_empty()
+            && (self.pinned.is_none() || self.statements.contains(name))
+        {
             self.statements.remove(name);
             self.local(Local::CloseComplete);
             return Ok(Step::Done);
@@ -839,7 +846,7 @@ impl<'a> TxnSession<'a> {
             prepared::cstr(rest).map(|(stmt, _)| (portal.len(), stmt.len()))
         });
         let Some((portal_len, stmt_len)) = names else {
-            if avail >= len + 1 || avail >= MAX_BIND_NAMES {
+            if avail > len || avail >= MAX_BIND_NAMES {
                 return Err(malformed("Bind"));
             }
             return Ok(Step::NeedMore);
@@ -1045,10 +1052,11 @@ impl<'a> TxnSession<'a> {
                 self.expect.pop_front();
                 Ok(own(front_owner))
             }
-            b'T' | b'n' if matches!(
-                front_reply,
-                Some(Reply::DescribeStatement | Reply::DescribePortal)
-            ) =>
+            b'T' | b'n'
+                if matches!(
+                    front_reply,
+                    Some(Reply::DescribeStatement | Reply::DescribePortal)
+                ) =>
             {
                 self.expect.pop_front();
                 Ok(own(front_owner))

@@ -11,3 +11,4 @@ mod clients;
 mod hostile;
 mod pooling;
 mod routing;
+mod transaction;

@@ -155,7 +155,9 @@ async fn load_rows(
             port: u16::try_from(r.get::<_, i32>(2)).unwrap_or(0),
             user: r.get(3),
             password: Secret::new(r.get::<_, String>(4)),
-            max_connections: r.get::<_, Option<i32>>(5).and_then(|v| u32::try_from(v).ok()),
+            max_connections: r
+                .get::<_, Option<i32>>(5)
+                .and_then(|v| u32::try_from(v).ok()),
         })
         .collect();
     let mut tenants: Vec<TenantConfig> = client

@@ -37,32 +37,36 @@ pub enum Classified {
     Pins(&'static str),
 }
 
-/// Classifies the SQL of a Query or Parse message.
+/// Classifies the SQL of a Query or Parse message as a whole: its one statement, or `Plain`
+/// for several (see [`statements`]).
 pub fn classify(sql: &[u8]) -> Classified {
+    if let Some(what) = pins_anywhere(sql) {
+        return Classified::Pins(what);
+    }
+    let mut all = split_statements(sql);
+    match (all.next(), all.next()) {
+        (Some(one), None) => classify_one(one),
+        _ => Classified::Plain,
+    }
+}
+
+/// Function calls and clauses that make backend-bound state wherever they appear.
+pub fn pins_anywhere(sql: &[u8]) -> Option<&'static str> {
     if contains_ci(sql, b"advisory_lock") || contains_ci(sql, b"advisory_unlock") {
-        return Classified::Pins("a session-level advisory lock");
+        return Some("a session-level advisory lock");
     }
     if contains_ci(sql, b"set_config") {
-        return Classified::Pins("set_config()");
+        return Some("set_config()");
     }
     if contains_ci(sql, b"into temp") {
-        return Classified::Pins("a temporary table");
+        return Some("a temporary table");
     }
-    let mut statements = split_statements(sql);
-    let first = statements
-        .next()
-        .map(classify_one)
-        .unwrap_or(Classified::Plain);
-    let mut rest_plain = true;
-    for s in statements {
-        if classify_one(s) != Classified::Plain {
-            rest_plain = false;
-        }
-    }
-    match (first, rest_plain) {
-        (c, true) => c,
-        (_, false) => Classified::Pins("a multi-statement query that changes session state"),
-    }
+    None
+}
+
+/// Each statement of a (possibly multi-statement) query with its classification.
+pub fn statements(sql: &[u8]) -> impl Iterator<Item = (Classified, &[u8])> {
+    split_statements(sql).map(|s| (classify_one(s), s))
 }
 
 /// Splits on `;` (quotes ignored: a false split only errs towards pinning) and drops empties.
@@ -305,6 +309,7 @@ mod tests {
             "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
             "begin",
             "INSERT INTO t VALUES (1); SELECT 1",
+            "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 2",
             "SET LOCAL work_mem = '1MB'",
             "set transaction isolation level serializable",
             "SELECT pg_advisory_xact_lock(1)",
@@ -366,10 +371,28 @@ mod tests {
             "SET ROLE other",
             "SET SESSION AUTHORIZATION other",
             "select set_config('search_path', 'x', false)",
-            "SELECT 1; SET search_path TO x",
         ] {
             assert!(matches!(c(sql), Classified::Pins(_)), "{sql}");
         }
+    }
+
+    #[test]
+    fn multi_statement_queries_are_read_statement_by_statement() {
+        let sql = b"SET search_path TO a; SELECT 1; LISTEN x;";
+        let all: Vec<_> = statements(sql).collect();
+        assert_eq!(all.len(), 3);
+        assert_eq!(
+            all[0],
+            (
+                Classified::Set {
+                    name: "search_path".into()
+                },
+                &b"SET search_path TO a"[..]
+            )
+        );
+        assert_eq!(all[1].0, Classified::Plain);
+        assert_eq!(all[2].0, Classified::Pins("LISTEN"));
+        assert_eq!(c("SELECT 1; SET search_path TO x"), Classified::Plain);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::cancel::{CancelKey, CancelTarget};
 use super::prepared::{self, ClientStatements, MAX_STATEMENTS_PER_CLIENT, Statement};
-use super::tracking::{Classified, Settings, classify};
+use super::tracking::{Classified, Settings, classify, pins_anywhere, statements};
 use crate::config::SessionStatePolicy;
 use crate::error::ClientError;
 use crate::pool::{CheckoutError, PooledConn, TenantPool};
@@ -234,7 +234,9 @@ impl<'a> TxnSession<'a> {
             return;
         };
         let cancelled = self.key.detach();
-        if self.expect.is_empty() && self.last_status == b'I' && !cancelled && !self.poisoned {
+        // A pinned connection carries state of this client's: it is closed, never handed on.
+        let clean = self.expect.is_empty() && self.last_status == b'I' && self.pinned.is_none();
+        if clean && !cancelled && !self.poisoned {
             conn.give_back();
         }
     }
@@ -705,48 +707,53 @@ impl<'a> TxnSession<'a> {
         if self.pinned.is_some() {
             return false;
         }
-        match classify(sql) {
-            Classified::Plain | Classified::Deallocate(_) => false,
-            Classified::Pins(what) => match self.policy {
-                SessionStatePolicy::Pin => {
-                    tracing::info!(tenant = %self.pool.tenant, reason = what, "client pinned to its backend connection");
-                    self.pinned = Some(what);
-                    false
-                }
-                SessionStatePolicy::Error => {
-                    let err = ClientError::session_state_refused(what);
-                    if parse_body.is_some() {
-                        self.refuse(err);
-                    } else {
-                        // A raising statement in its place keeps the backend's transaction
-                        // state the same as the client's.
-                        let sql = refusal_sql(&err.message);
-                        messages::query(&mut self.sout, &sql);
-                        self.expect_reply(Reply::Query);
+        let mut pins = pins_anywhere(sql);
+        if pins.is_none() {
+            for (class, text) in statements(sql) {
+                match class {
+                    Classified::Plain | Classified::Deallocate(_) => {}
+                    Classified::Pins(what) => {
+                        pins = Some(what);
+                        break;
                     }
-                    true
+                    Classified::Set { name } => self
+                        .pending
+                        .push(Pending::Set(name, Bytes::copy_from_slice(text))),
+                    Classified::Reset { name } => self.pending.push(Pending::Reset(name)),
+                    Classified::ResetAll => self.pending.push(Pending::ResetAll),
+                    Classified::DiscardAll => {
+                        self.pending.push(Pending::ResetAll);
+                        self.statements.clear();
+                        if let Some(conn) = self.backend.as_mut() {
+                            conn.conn().statements.clear();
+                        }
+                    }
                 }
-            },
-            Classified::Set { name } => {
-                self.pending
-                    .push(Pending::Set(name, Bytes::copy_from_slice(sql)));
+            }
+        }
+        let Some(what) = pins else {
+            return false;
+        };
+        match self.policy {
+            SessionStatePolicy::Pin => {
+                tracing::info!(tenant = %self.pool.tenant, reason = what, "client pinned to its backend connection");
+                self.pinned = Some(what);
                 false
             }
-            Classified::Reset { name } => {
-                self.pending.push(Pending::Reset(name));
-                false
-            }
-            Classified::ResetAll => {
-                self.pending.push(Pending::ResetAll);
-                false
-            }
-            Classified::DiscardAll => {
-                self.pending.push(Pending::ResetAll);
-                self.statements.clear();
-                if let Some(conn) = self.backend.as_mut() {
-                    conn.conn().statements.clear();
+            SessionStatePolicy::Error => {
+                // Changes queued by earlier statements of the refused query never happen.
+                self.pending.clear();
+                let err = ClientError::session_state_refused(what);
+                if parse_body.is_some() {
+                    self.refuse(err);
+                } else {
+                    // A raising statement in its place keeps the backend's transaction state
+                    // the same as the client's.
+                    let sql = refusal_sql(&err.message);
+                    messages::query(&mut self.sout, &sql);
+                    self.expect_reply(Reply::Query);
                 }
-                false
+                true
             }
         }
     }
@@ -999,7 +1006,8 @@ impl<'a> TxnSession<'a> {
                     return Err(self.lost_track(tag));
                 }
                 self.last_status = status;
-                if status == b'I' {
+                // The proxy's own settings query ends no transaction of the client's.
+                if status == b'I' && owner != Owner::Proxy {
                     self.end_of_transaction();
                 }
                 Ok(if owner == Owner::Proxy {
@@ -1009,7 +1017,9 @@ impl<'a> TxnSession<'a> {
                 })
             }
             b'E' => {
-                self.txn_failed = true;
+                if front_owner != Some(Owner::Proxy) {
+                    self.txn_failed = true;
+                }
                 let action = own(front_owner);
                 if front_owner == Some(Owner::Proxy) && front_reply == Some(Reply::Query) {
                     tracing::warn!(tenant = %self.pool.tenant, "replaying client settings failed; the connection will be closed");

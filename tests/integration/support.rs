@@ -390,6 +390,31 @@ impl RawClient {
         }
     }
 
+    /// Sends raw protocol bytes.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.expect("send");
+    }
+
+    /// Reads replies up to ReadyForQuery: their tags, the SQLSTATEs of any errors, and the
+    /// ReadyForQuery status.
+    pub async fn until_ready(&mut self) -> (Vec<u8>, Vec<String>, u8) {
+        let mut tags = Vec::new();
+        let mut codes = Vec::new();
+        loop {
+            let (tag, body) = self.read().await;
+            match tag {
+                b'Z' => return (tags, codes, body[0]),
+                b'E' => {
+                    let (code, _) = pgtenant::protocol::messages::error_fields(&body);
+                    codes.push(code.unwrap_or("").to_owned());
+                }
+                _ => {}
+            }
+            tags.push(tag);
+        }
+    }
+
     /// Sends a simple query without waiting.
     pub async fn send_query(&mut self, sql: &str) {
         use tokio::io::AsyncWriteExt;

@@ -233,3 +233,316 @@ async fn pgbench_runs_every_protocol_mode_in_transaction_pooling() {
     assert!(backends_on(&bed().a, &slug).await <= 2);
     proxy.shutdown().await;
 }
+
+async fn show(c: &tokio_postgres::Client, name: &str) -> String {
+    c.query_one(&format!("SHOW {name}"), &[])
+        .await
+        .expect("show")
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_follow_each_client_onto_a_shared_connection() {
+    let (proxy, slug) = txn_proxy("", "pool_size = 1").await;
+    let addr = proxy.addrs[0];
+    let a = connect_with(addr, "app", PASSWORD, &slug, "-c statement_timeout=1234")
+        .await
+        .expect("a");
+    let b = connect(addr, "app", &slug).await.expect("b");
+    a.batch_execute("SET search_path TO app_a, public; SET application_name = 'client-a'")
+        .await
+        .expect("a sets");
+    b.batch_execute("SET TIME ZONE 'Asia/Tokyo'")
+        .await
+        .expect("b sets");
+    b.batch_execute("SET application_name TO 'client-b'")
+        .await
+        .expect("b sets");
+    // A SET that is rolled back does not stick; one that is committed does.
+    a.batch_execute("BEGIN; SET work_mem = '3MB'; ROLLBACK")
+        .await
+        .expect("rolled back");
+    b.batch_execute("BEGIN; SET work_mem = '5MB'; COMMIT")
+        .await
+        .expect("committed");
+    for _ in 0..3 {
+        assert_eq!(
+            backend_pid(&a).await,
+            backend_pid(&b).await,
+            "one connection"
+        );
+        assert_eq!(show(&a, "search_path").await, "app_a, public");
+        assert_eq!(show(&a, "application_name").await, "client-a");
+        assert_eq!(show(&a, "statement_timeout").await, "1234ms");
+        assert_eq!(show(&a, "work_mem").await, "4MB");
+        assert_ne!(show(&a, "TimeZone").await, "Asia/Tokyo");
+        assert_eq!(show(&b, "application_name").await, "client-b");
+        assert_eq!(show(&b, "TimeZone").await, "Asia/Tokyo");
+        assert_eq!(show(&b, "work_mem").await, "5MB");
+        assert_eq!(show(&b, "search_path").await, "\"$user\", public");
+        assert_eq!(show(&b, "statement_timeout").await, "0");
+    }
+    b.batch_execute("RESET TIME ZONE").await.expect("reset");
+    b.batch_execute("RESET work_mem").await.expect("reset");
+    assert_eq!(show(&a, "search_path").await, "app_a, public");
+    assert_eq!(show(&b, "work_mem").await, "4MB");
+    a.batch_execute("RESET ALL").await.expect("reset all");
+    assert_eq!(show(&a, "search_path").await, "\"$user\", public");
+    assert_eq!(show(&b, "application_name").await, "client-b");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_that_cannot_follow_pins_the_client() {
+    let (proxy, slug) = txn_proxy("", "pool_size = 2").await;
+    let addr = proxy.addrs[0];
+    let a = connect(addr, "app", &slug).await.expect("a");
+    let b = connect(addr, "app", &slug).await.expect("b");
+    a.batch_execute("CREATE TEMP TABLE scratch (x int)")
+        .await
+        .expect("temp table");
+    let pid = backend_pid(&a).await;
+    for i in 0..5 {
+        a.execute("INSERT INTO scratch VALUES ($1)", &[&i])
+            .await
+            .expect("the temp table is still there");
+        // b runs meanwhile on the other connection.
+        assert_ne!(backend_pid(&b).await, pid);
+    }
+    assert_eq!(backend_pid(&a).await, pid, "pinned to its connection");
+    let n: i64 = a
+        .query_one("SELECT count(*) FROM scratch", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 5);
+    drop(a);
+    // Once the pinned client leaves, its connection is closed, never handed on with the table.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            backends_on(&bed().a, &slug).await == 1
+        })
+        .await
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_that_cannot_follow_is_refused_under_the_error_policy() {
+    let (proxy, slug) = txn_proxy("[pool]\nsession_state = \"error\"", "pool_size = 1").await;
+    let addr = proxy.addrs[0];
+    let c = connect(addr, "app", &slug).await.expect("client");
+    for sql in [
+        "LISTEN news",
+        "CREATE TEMP TABLE t (x int)",
+        "SELECT pg_advisory_lock(7)",
+        "PREPARE p AS SELECT 1",
+    ] {
+        let e = c.batch_execute(sql).await.expect_err(sql);
+        let db = e.as_db_error().expect("db error");
+        assert_eq!(db.code().code(), "0A000", "{sql}");
+        assert!(
+            db.message().contains("transaction pooling"),
+            "{}",
+            db.message()
+        );
+    }
+    // Inside a transaction the refusal fails the transaction on the backend too.
+    c.batch_execute("BEGIN").await.expect("begin");
+    let e = c.batch_execute("LISTEN news").await.expect_err("refused");
+    assert_eq!(sqlstate(&e), "0A000");
+    let e = c
+        .batch_execute("SELECT 1")
+        .await
+        .expect_err("failed transaction");
+    assert_eq!(sqlstate(&e), "25P02");
+    c.batch_execute("ROLLBACK").await.expect("rollback");
+    // Through the extended protocol too; the session goes on afterwards.
+    let e = c
+        .prepare("CREATE TEMP TABLE t2 (x int)")
+        .await
+        .expect_err("refused");
+    assert_eq!(sqlstate(&e), "0A000");
+    assert_eq!(whoami(&c).await, slug);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_reaches_the_running_query_and_no_other() {
+    let (proxy, slug) = txn_proxy("", "pool_size = 2").await;
+    let addr = proxy.addrs[0];
+    let a = connect(addr, "app", &slug).await.expect("a");
+    let b = connect(addr, "app", &slug).await.expect("b");
+    // a's idle key points nowhere: a cancel between transactions does nothing.
+    a.cancel_token()
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel sent");
+    assert_eq!(whoami(&a).await, slug);
+    let token = a.cancel_token();
+    let slow = tokio::spawn(async move { a.batch_execute("SELECT pg_sleep(20)").await });
+    let other = tokio::spawn(async move { b.batch_execute("SELECT pg_sleep(1.5)").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel sent");
+    let e = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .expect("cancelled promptly")
+        .expect("task")
+        .expect_err("cancelled");
+    assert_eq!(sqlstate(&e), "57014");
+    other
+        .await
+        .expect("task")
+        .expect("the other client's query was not cancelled");
+    proxy.shutdown().await;
+}
+
+mod raw {
+    use super::*;
+    use postgres_protocol::message::frontend;
+
+    fn parse(name: &str, sql: &str) -> bytes::BytesMut {
+        let mut b = bytes::BytesMut::new();
+        frontend::parse(name, sql, std::iter::empty(), &mut b).expect("parse");
+        b
+    }
+
+    fn bind_execute_sync(name: &str) -> bytes::BytesMut {
+        let mut b = bytes::BytesMut::new();
+        frontend::bind(
+            "",
+            name,
+            std::iter::empty::<i16>(),
+            std::iter::empty::<Option<i32>>(),
+            |_: Option<i32>, _: &mut bytes::BytesMut| -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+                Ok(postgres_protocol::IsNull::Yes)
+            },
+            std::iter::empty(),
+            &mut b,
+        )
+        .map_err(|_| "bind")
+        .expect("bind");
+        frontend::execute("", 0, &mut b).expect("execute");
+        frontend::sync(&mut b);
+        b
+    }
+
+    fn close_sync(name: &str) -> bytes::BytesMut {
+        let mut b = bytes::BytesMut::new();
+        frontend::close(b'S', name, &mut b).expect("close");
+        frontend::sync(&mut b);
+        b
+    }
+
+    fn sync() -> bytes::BytesMut {
+        let mut b = bytes::BytesMut::new();
+        frontend::sync(&mut b);
+        b
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_deallocate_and_duplicates_behave_as_postgres() {
+        let (proxy, slug) = txn_proxy("", "pool_size = 1").await;
+        let addr = proxy.addrs[0];
+        let mut c = RawClient::login(addr, "app", &slug).await;
+        let mut other = RawClient::login(addr, "app", &slug).await;
+        // Two clients, one name, two texts.
+        let mut msg = parse("s1", "SELECT 1");
+        msg.extend_from_slice(&sync());
+        c.send(&msg).await;
+        assert_eq!(c.until_ready().await, (b"1".to_vec(), vec![], b'I'));
+        let mut msg = parse("s1", "SELECT 2");
+        msg.extend_from_slice(&sync());
+        other.send(&msg).await;
+        assert_eq!(other.until_ready().await, (b"1".to_vec(), vec![], b'I'));
+        c.send(&bind_execute_sync("s1")).await;
+        let (tags, codes, _) = c.until_ready().await;
+        assert_eq!((tags, codes), (b"2DC".to_vec(), vec![]));
+        // A second Parse of the same name fails as in Postgres, and the batch is skipped.
+        let mut msg = parse("s1", "SELECT 3");
+        msg.extend_from_slice(&bind_execute_sync("s1"));
+        c.send(&msg).await;
+        let (tags, codes, status) = c.until_ready().await;
+        assert_eq!(
+            (tags, codes, status),
+            (b"E".to_vec(), vec!["42P05".to_string()], b'I')
+        );
+        // Close forgets it for this client only.
+        c.send(&close_sync("s1")).await;
+        assert_eq!(c.until_ready().await, (b"3".to_vec(), vec![], b'I'));
+        c.send(&bind_execute_sync("s1")).await;
+        let (_, codes, _) = c.until_ready().await;
+        assert_eq!(codes, vec!["26000".to_string()], "closed statement is gone");
+        other.send(&bind_execute_sync("s1")).await;
+        let (tags, codes, _) = other.until_ready().await;
+        assert_eq!(
+            (tags, codes),
+            (b"2DC".to_vec(), vec![]),
+            "the other client's s1 lives"
+        );
+        // SQL DEALLOCATE of a protocol-level statement, then DEALLOCATE ALL.
+        let mut msg = parse("s2", "SELECT 2");
+        msg.extend_from_slice(&parse("s3", "SELECT 3"));
+        msg.extend_from_slice(&sync());
+        c.send(&msg).await;
+        assert_eq!(c.until_ready().await, (b"11".to_vec(), vec![], b'I'));
+        let (tags, status) = c.query("DEALLOCATE s2").await;
+        assert_eq!((tags, status), (b"C".to_vec(), b'I'));
+        c.send(&bind_execute_sync("s2")).await;
+        assert_eq!(c.until_ready().await.1, vec!["26000".to_string()]);
+        c.send(&bind_execute_sync("s3")).await;
+        assert_eq!(c.until_ready().await.1, Vec::<String>::new());
+        let (tags, _) = c.query("DEALLOCATE ALL").await;
+        assert_eq!(tags, b"C".to_vec());
+        c.send(&bind_execute_sync("s3")).await;
+        assert_eq!(c.until_ready().await.1, vec!["26000".to_string()]);
+        // A name prepared again after DEALLOCATE prepares cleanly.
+        let mut msg = parse("s2", "SELECT 22");
+        msg.extend_from_slice(&bind_execute_sync("s2"));
+        c.send(&msg).await;
+        let (tags, codes, _) = c.until_ready().await;
+        assert_eq!((tags, codes), (b"12DC".to_vec(), vec![]));
+        proxy.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_keeps_a_bounded_set_of_statements() {
+        let (proxy, slug) = txn_proxy(
+            "[pool]\nprepared_statements_per_connection = 3",
+            "pool_size = 1",
+        )
+        .await;
+        let mut c = RawClient::login(proxy.addrs[0], "app", &slug).await;
+        for round in 0..2 {
+            for i in 0..6 {
+                let name = format!("q{i}");
+                if round == 0 {
+                    let mut msg = parse(&name, &format!("SELECT {i}"));
+                    msg.extend_from_slice(&sync());
+                    c.send(&msg).await;
+                    c.until_ready().await;
+                }
+                c.send(&bind_execute_sync(&name)).await;
+                let (tags, codes, _) = c.until_ready().await;
+                assert_eq!(
+                    (tags, codes),
+                    (b"2DC".to_vec(), vec![]),
+                    "{name} round {round}"
+                );
+            }
+        }
+        // The one connection holds at most three of the statements.
+        let other = connect(proxy.addrs[0], "app", &slug).await.expect("client");
+        let n: i64 = other
+            .query_one("SELECT count(*) FROM pg_prepared_statements", &[])
+            .await
+            .expect("count")
+            .get(0);
+        assert!((1..=3).contains(&n), "{n} statements on the connection");
+        assert_eq!(backends_on(&bed().a, &slug).await, 1);
+        proxy.shutdown().await;
+    }
+}

@@ -8,6 +8,7 @@ mod cancel;
 mod catalog;
 mod cli;
 mod clients;
+mod drivers;
 mod hostile;
 mod pooling;
 mod routing;

@@ -4,6 +4,7 @@
 mod support;
 
 mod auth;
+mod budgets;
 mod cancel;
 mod catalog;
 mod cli;

@@ -83,18 +83,21 @@ pub fn start_server(name: &'static str) -> Server {
     let port = cluster.port;
     CLUSTERS.lock().expect("cluster list").push(cluster);
     let server = Server { name, port };
-    block_on(async {
-        let c = server.superuser("postgres").await;
-        c.batch_execute(&format!(
-            "CREATE ROLE {SCRAM_ROLE} LOGIN CREATEDB PASSWORD '{PASSWORD}';
-             SET password_encryption = 'md5';
-             CREATE ROLE {MD5_ROLE} LOGIN PASSWORD '{PASSWORD}';
-             CREATE ROLE {TRUST_ROLE} LOGIN;"
-        ))
-        .await
-        .expect("roles created");
-    });
+    block_on(create_roles(&server));
     server
+}
+
+/// Creates the three backend roles on a fresh cluster.
+pub async fn create_roles(server: &Server) {
+    let c = server.superuser("postgres").await;
+    c.batch_execute(&format!(
+        "CREATE ROLE {SCRAM_ROLE} LOGIN CREATEDB PASSWORD '{PASSWORD}';
+         SET password_encryption = 'md5';
+         CREATE ROLE {MD5_ROLE} LOGIN PASSWORD '{PASSWORD}';
+         CREATE ROLE {TRUST_ROLE} LOGIN;"
+    ))
+    .await
+    .expect("roles created");
 }
 
 /// Runs a future on a private runtime (for set-up outside any test runtime).

@@ -49,16 +49,21 @@ async fn two_hundred_clients_of_three_tenants_share_ten_connections_fairly() {
             }
         })
     };
+    // Everyone logs in first, then all start at once: the test is about the run, not about
+    // who connected first.
+    let total: usize = tenants.iter().map(|(_, n)| n).sum();
+    let start = Arc::new(tokio::sync::Barrier::new(total));
     let mut tasks = Vec::new();
     for (slug, clients) in &tenants {
         for _ in 0..*clients {
-            let (slug, order) = (slug.clone(), order.clone());
+            let (slug, order, start) = (slug.clone(), order.clone(), start.clone());
             tasks.push(tokio::spawn(async move {
                 let c = connect(addr, "app", &slug).await.expect("client connects");
+                start.wait().await;
                 let mut ranks = Vec::new();
                 for _ in 0..10 {
                     let row = c
-                        .query_one("SELECT name, pg_sleep(0.002)::text FROM whoami", &[])
+                        .query_one("SELECT name, pg_sleep(0.005)::text FROM whoami", &[])
                         .await
                         .expect("transaction");
                     assert_eq!(
@@ -92,6 +97,7 @@ async fn two_hundred_clients_of_three_tenants_share_ten_connections_fairly() {
         mean(&tenants[1].0),
         mean(&tenants[2].0),
     );
+    eprintln!("mean completion rank: small {small:.0}, mid {mid:.0}, big {big:.0}");
     // Served per tenant, not per client: the small tenant's few clients get their share of
     // connections and finish early instead of queueing behind the big tenant's 140.
     assert!(
@@ -193,4 +199,82 @@ async fn a_server_that_goes_away_fails_only_its_tenants_who_recover_when_it_retu
     assert_eq!(whoami(&a).await, on_a);
     proxy.shutdown().await;
     drop(own);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_budget_makes_room_by_closing_another_tenants_idle_connection() {
+    let bed = bed();
+    let (x, y) = (unique("bx"), unique("by"));
+    let mut toml = format!(
+        "{}{}max_connections = 2\n",
+        listener_toml("trust"),
+        bed.a.toml(SCRAM_ROLE)
+    );
+    for slug in [&x, &y] {
+        create_tenant_db(&bed.a, slug).await;
+        toml.push_str(&tenant_toml(
+            slug,
+            &bed.a,
+            slug,
+            "pool_mode = \"transaction\"\ncheckout_timeout_ms = 5000",
+        ));
+    }
+    let proxy = start_proxy(&toml).await;
+    let addr = proxy.addrs[0];
+    // x fills the budget with two connections, then leaves them idle.
+    let (x1, x2) = (
+        connect(addr, "app", &x).await.expect("x1"),
+        connect(addr, "app", &x).await.expect("x2"),
+    );
+    x1.batch_execute("BEGIN").await.expect("x1 holds one");
+    x2.batch_execute("BEGIN").await.expect("x2 holds the other");
+    x1.batch_execute("COMMIT").await.expect("x1 idle");
+    x2.batch_execute("COMMIT").await.expect("x2 idle");
+    assert_eq!(backends_on(&bed.a, &x).await, 2);
+    // y gets a connection at once by closing one of x's idle ones.
+    let y1 = connect(addr, "app", &y).await.expect("y");
+    assert_eq!(whoami(&y1).await, y);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            backends_on(&bed.a, &x).await == 1
+        })
+        .await
+    );
+    let usage = proxy.shared.pools.server_usage("server_a").expect("budget");
+    assert_eq!((usage.max, usage.open), (2, 2));
+    assert_eq!(whoami(&x1).await, x, "x still works on what it has");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_idle_connections_are_replaced_without_the_client_noticing() {
+    let (proxy, slug) = single_tenant_proxy(
+        "scram-sha-256",
+        "",
+        "pool_mode = \"transaction\"\npool_size = 2",
+    )
+    .await;
+    let c = connect(proxy.addrs[0], "app", &slug).await.expect("client");
+    assert_eq!(whoami(&c).await, slug);
+    let killed: i64 = bed()
+        .a
+        .superuser("postgres")
+        .await
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1",
+            &[&slug],
+        )
+        .await
+        .expect("terminate")
+        .get(0);
+    assert!(killed >= 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        assert_eq!(
+            whoami(&c).await,
+            slug,
+            "a fresh connection serves the client"
+        );
+    }
+    proxy.shutdown().await;
 }

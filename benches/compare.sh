@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Compares pgbench -S through nothing (direct), pgbouncer and pgtenant, in one run on this
-# machine, and prints tps, average latency and each proxy's CPU time per transaction.
+# machine, and prints tps, average latency and each proxy's CPU time per transaction, for
+# session pooling, transaction pooling (simple, extended, prepared protocols) and a new
+# connection per transaction (-C) in transaction pooling.
 #
 #   bash benches/compare.sh                      # 3 runs of 15 s per row, medians
 #   DURATION=30 REPEAT=5 CLIENTS=16 bash benches/compare.sh
+#   ROWS="txn-simple connect" bash benches/compare.sh   # a subset of rows
 #
 # Installs pgbouncer with apt-get when missing; builds pgtenant in release mode.
 set -euo pipefail
@@ -12,7 +15,10 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-15}
 REPEAT=${REPEAT:-3}
 CLIENTS=${CLIENTS:-16}
+CONNECT_CLIENTS=${CONNECT_CLIENTS:-8}
 SCALE=${SCALE:-10}
+ROWS=${ROWS:-"session-simple session-extended session-prepared txn-simple txn-extended txn-prepared connect"}
+POOL=$((CLIENTS + 4))
 
 if ! command -v pgbouncer >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
@@ -23,21 +29,24 @@ source benches/bench-cluster.sh
 start_bench_cluster bench "$SCALE" -c max_connections=200 -c shared_buffers=256MB
 BOUNCER_PORT=$(free_port); TENANT_PORT=$(free_port)
 
+# Both proxies hold the SCRAM verifier, not the password: neither runs PBKDF2 per login.
+VERIFIER=$("$PGBIN/psql" -qAtX -h 127.0.0.1 -p "$PG_PORT" -U postgres \
+  -c "SELECT rolpassword FROM pg_authid WHERE rolname = 'bench'" postgres)
 cat > "$work/pgbouncer.ini" <<INI
 [databases]
-bench = host=127.0.0.1 port=$PG_PORT dbname=bench
+bench = host=127.0.0.1 port=$PG_PORT dbname=bench pool_mode=session
+bench_txn = host=127.0.0.1 port=$PG_PORT dbname=bench pool_mode=transaction
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $BOUNCER_PORT
 unix_socket_dir =
 auth_type = scram-sha-256
 auth_file = $work/userlist.txt
-pool_mode = session
-default_pool_size = $((CLIENTS + 4))
+default_pool_size = $POOL
 max_client_conn = 1000
 logfile = $work/pgbouncer.log
 INI
-echo "\"bench\" \"$PASSWORD\"" > "$work/userlist.txt"
+echo "\"bench\" \"$VERIFIER\"" > "$work/userlist.txt"
 [ "$(id -u)" -eq 0 ] && chown postgres: "$work/pgbouncer.ini" "$work/userlist.txt"
 as_pg pgbouncer -q "$work/pgbouncer.ini" >/dev/null 2>&1 &
 pids+=($!)
@@ -45,7 +54,17 @@ pids+=($!)
 write_pgtenant_config target/release/pgtenant "$TENANT_PORT" "[proxy]
 worker_threads = ${WORKERS:-1}
 [pool]
-size = $((CLIENTS + 4))"
+size = $POOL"
+cat >> "$work/pgtenant.toml" <<TOML
+[[tenants]]
+slug = "bench_txn"
+server = "local"
+database = "bench"
+pool_mode = "transaction"
+[[tenants.users]]
+name = "bench"
+password_hash = "$VERIFIER"
+TOML
 PGTENANT_LOG=${PGTENANT_LOG:-info} target/release/pgtenant serve --config "$work/pgtenant.toml" >"$work/pgtenant.log" 2>&1 &
 pids+=($!)
 sleep 1
@@ -57,75 +76,108 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 split_ticks() { awk '{print "user=" $14 " sys=" $15}' "/proc/$1/stat"; }
 CLK_TCK=$(getconf CLK_TCK)
 
-row() { # name port pid mode [extra pgbench flags]
-  local name=$1 port=$2 pid=$3 mode=$4; shift 4
+# pgbench arguments of a row: protocol mode, clients, and -C for the connection row.
+row_args() {
+  case $1 in
+    *-simple) echo "-M simple -c $CLIENTS" ;;
+    *-extended) echo "-M extended -c $CLIENTS" ;;
+    *-prepared) echo "-M prepared -c $CLIENTS" ;;
+    connect) echo "-M simple -C -c $CONNECT_CLIENTS" ;;
+  esac
+}
+row_db() { case $1 in session-*) echo bench ;; *) echo bench_txn ;; esac; }
+
+run_row() { # target port pid row
+  local name=$1 port=$2 pid=$3 label=$4
+  local db; db=$(row_db "$label")
+  [ "$name" = direct ] && db=bench
   local before=0 after=0
   [ "$pid" != "-" ] && before=$(ticks "$pid")
-  if [ -n "${PROFILE:-}" ] && [ "$name" = "$PROFILE" ] && [ "$mode" = simple ]; then
+  if [ -n "${PROFILE:-}" ] && [ "$name" = "$PROFILE" ] && [ "$label" = "${PROFILE_ROW:-session-simple}" ]; then
     perf record -q -e cpu-clock -g -p "$pid" -o "/tmp/perf-$name.data" -- sleep "$DURATION" >/dev/null 2>&1 &
   fi
-  if [ -n "${STRACE:-}" ] && [ "$pid" != "-" ] && [ "$mode" = simple ]; then
+  if [ -n "${STRACE:-}" ] && [ "$pid" != "-" ] && [ "$label" = "${STRACE_ROW:-session-simple}" ]; then
     timeout 3 strace ${STRACE_ARGS:--c} -f -p "$pid" -o "/tmp/strace-$name.txt" >/dev/null 2>&1 &
   fi
-  local out
-  out=$("$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -S -M "$mode" -c "$CLIENTS" -j 2 -T "$DURATION" "$@" bench 2>&1) || { echo "$name $mode failed: $(tail -3 <<<"$out")" >&2; cat "$work/pgtenant.log" >&2; }
+  local out ok=1
+  # shellcheck disable=SC2046
+  out=$("$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -S $(row_args "$label") -j 2 -T "$DURATION" "$db" 2>&1) || ok=0
   [ "$pid" != "-" ] && after=$(ticks "$pid")
   [ -n "${SPLIT:-}" ] && [ "$pid" != "-" ] && echo "$name $(split_ticks "$pid")" >&2
-  local txns tps lat
+  local txns tps lat failed
   txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
+  failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out")
   tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
   lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")
+  if [ "$ok" -eq 0 ] || [ "${failed:-0}" != 0 ] || [ -z "$txns" ]; then
+    echo "$name $label failed: $(grep -m1 -i error <<<"$out" || tail -1 <<<"$out")" >&2
+    echo "$name $label fail - - ${RUN:-0}" >> "$work/results"
+    return
+  fi
   local cpu="-"
-  if [ "$pid" != "-" ] && [ -n "$txns" ] && [ "$txns" -gt 0 ]; then
+  if [ "$pid" != "-" ] && [ "$txns" -gt 0 ]; then
     cpu=$(awk -v t=$((after - before)) -v n="$txns" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", t * 1000000 / hz / n }')
   fi
-  echo "$name $mode ${tps:-0} ${lat:-0} ${cpu} ${RUN:-0}" >> "$work/results"
+  echo "$name $label ${tps:-0} ${lat:-0} ${cpu} ${RUN:-0}" >> "$work/results"
 }
 
 echo
-echo "pgbench -S, $CLIENTS clients, ${DURATION}s per run, median of $REPEAT interleaved runs (proxy order alternating), scale $SCALE,"
-echo "session pooling; $(nproc) cores, $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "pgbench -S, $CLIENTS clients ($CONNECT_CLIENTS with -C), ${DURATION}s per run, median of $REPEAT runs"
+echo "(proxies back to back in each run, order alternating), scale $SCALE, pool size $POOL;"
+echo "$(nproc) cores, $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo
-for mode in simple extended prepared; do
+for label in $ROWS; do
   for i in $(seq "$REPEAT"); do
     RUN=$i
-    row direct "$PG_PORT" - "$mode"
+    run_row direct "$PG_PORT" - "$label"
     # Alternate which proxy goes first, so neither always runs on a warmer machine.
     if [ $((i % 2)) -eq 1 ]; then
-      row pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID" "$mode"
-      row pgtenant "$TENANT_PORT" "$TENANT_PID" "$mode"
+      run_row pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID" "$label"
+      run_row pgtenant "$TENANT_PORT" "$TENANT_PID" "$label"
     else
-      row pgtenant "$TENANT_PORT" "$TENANT_PID" "$mode"
-      row pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID" "$mode"
+      run_row pgtenant "$TENANT_PORT" "$TENANT_PID" "$label"
+      run_row pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID" "$label"
     fi
   done
 done
-python3 - "$work/results" <<'PY'
+python3 - "$work/results" "$ROWS" <<'PY'
 import statistics, sys
 rows, runs = {}, {}
 for line in open(sys.argv[1]):
-    name, mode, tps, lat, cpu, run = line.split()
-    r = rows.setdefault((name, mode), {"tps": [], "lat": [], "cpu": []})
+    name, label, tps, lat, cpu, run = line.split()
+    r = rows.setdefault((name, label), {"tps": [], "lat": [], "cpu": [], "failed": 0})
+    if tps == "fail":
+        r["failed"] += 1
+        continue
     r["tps"].append(float(tps)); r["lat"].append(float(lat))
     if cpu != "-":
         r["cpu"].append(float(cpu))
-        runs.setdefault((mode, run), {})[name] = float(cpu)
+        runs.setdefault((label, run), {})[name] = (float(cpu), float(tps))
 med = lambda v: statistics.median(v) if v else None
-print("| target    | protocol | tps    | avg latency (ms) | proxy CPU µs/txn |")
-print("|-----------|----------|--------|------------------|------------------|")
-for mode in ("simple", "extended", "prepared"):
+print("| pooling     | protocol | target    | tps    | avg latency (ms) | proxy CPU µs/txn |")
+print("|-------------|----------|-----------|--------|------------------|------------------|")
+labels = sys.argv[2].split()
+for label in labels:
+    pooling, proto = {"connect": ("transaction", "-C"), }.get(label, (None, None)) if label == "connect" else (
+        "session" if label.startswith("session") else "transaction", label.split("-")[1])
     for name in ("direct", "pgbouncer", "pgtenant"):
-        r = rows.get((name, mode))
+        r = rows.get((name, label))
         if not r: continue
+        if not r["tps"]:
+            print(f"| {pooling:<11} | {proto:<8} | {name:<9} | failed | {'-':>16} | {'-':>16} |")
+            continue
         cpu = med(r["cpu"])
-        print(f"| {name:<9} | {mode:<8} | {med(r['tps']):6.0f} | {med(r['lat']):16.3f} | {'-' if cpu is None else f'{cpu:.1f}':>16} |")
+        print(f"| {pooling:<11} | {proto:<8} | {name:<9} | {med(r['tps']):6.0f} | {med(r['lat']):16.3f} | {'-' if cpu is None else f'{cpu:.1f}':>16} |")
 print()
-for mode in ("simple", "extended", "prepared"):
-    b, t = rows.get(("pgbouncer", mode)), rows.get(("pgtenant", mode))
-    if b and t and med(b["cpu"]) and med(b["tps"]):
-        # Each run pairs the two proxies back to back, so their ratio cancels drift between runs.
-        paired = sorted(v["pgtenant"] / v["pgbouncer"] for (m, _), v in runs.items()
-                        if m == mode and len(v) == 2)
-        print(f"{mode}: pgtenant/pgbouncer tps {med(t['tps'])/med(b['tps']):.2f}, CPU per txn {med(t['cpu'])/med(b['cpu']):.2f}"
-              f" (paired runs: median {med(paired):.2f}, range {paired[0]:.2f}-{paired[-1]:.2f})")
+for label in labels:
+    b, t = rows.get(("pgbouncer", label)), rows.get(("pgtenant", label))
+    if not (b and t and b["tps"] and t["tps"]):
+        if t and t["tps"]:
+            print(f"{label}: pgbouncer failed, pgtenant {med(t['tps']):.0f} tps")
+        continue
+    # Each run pairs the two proxies back to back, so their ratio cancels drift between runs.
+    paired = sorted(v["pgtenant"][0] / v["pgbouncer"][0] for (l, _), v in runs.items()
+                    if l == label and len(v) == 2)
+    print(f"{label}: pgtenant/pgbouncer tps {med(t['tps'])/med(b['tps']):.2f}, CPU per txn {med(t['cpu'])/med(b['cpu']):.2f}"
+          f" (paired runs: median {med(paired):.2f}, range {paired[0]:.2f}-{paired[-1]:.2f})")
 PY

@@ -3,6 +3,7 @@
 # shows a hot-path change that wall-clock benchmarks on a noisy machine cannot.
 #
 #   bash benches/instructions.sh [path/to/pgtenant]     # default: target/release/pgtenant
+#   POOL_MODE=transaction bash benches/instructions.sh  # transaction pooling
 #
 # Runs pgbench -S (4 clients, session mode) through the proxy under callgrind twice, with 1,000
 # and 6,000 transactions per client, and divides the difference by 20,000, so connection set-up
@@ -17,15 +18,17 @@ start_bench_cluster instr 1
 
 instructions() { # transactions per client -> total Ir
   local port; port=$(free_port)
-  write_pgtenant_config "$BIN" "$port"
+  write_pgtenant_config "$BIN" "$port" "[pool]
+mode = \"${POOL_MODE:-session}\""
   PGTENANT_LOG=${PGTENANT_LOG:-info} valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
     "$BIN" serve --config "$work/pgtenant.toml" >"$work/valgrind.log" 2>&1 &
   local vpid=$!
   for _ in $(seq 100); do "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$port" && break; sleep 0.2; done
   "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -S -c 4 -t "$1" bench >/dev/null 2>&1
   kill -INT "$vpid"; wait "$vpid" || true
+  [ -n "${KEEP:-}" ] && cp "$work/cg.out" "/tmp/cg-$1.out"
   callgrind_annotate "$work/cg.out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }'
 }
 small=$(instructions 1000)
 large=$(instructions 6000)
-echo "pgtenant user-space instructions per transaction (pgbench -S, session mode): $(( (large - small) / 20000 ))"
+echo "pgtenant user-space instructions per transaction (pgbench -S, ${POOL_MODE:-session} mode): $(( (large - small) / 20000 ))"

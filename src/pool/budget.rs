@@ -157,24 +157,22 @@ impl ServerBudget {
         st.dispatch();
     }
 
+    /// A live idle connection of pool `id`, if it has one.
+    pub fn take_idle(&self, id: PoolId) -> Option<BackendConn> {
+        State::pop_idle(&mut self.lock(), id)
+    }
+
     /// Asks for a connection for pool `id`.
     pub fn take(&self, id: PoolId) -> Take {
         let mut st = self.lock();
-        let now = Instant::now();
         let st = &mut *st;
+        if let Some(conn) = State::pop_idle(st, id) {
+            return Take::Now(Grant::Conn(Box::new(conn)));
+        }
         let Some(slot) = st.slots.get_mut(&id) else {
             let (_, rx) = oneshot::channel();
             return Take::Wait(0, rx);
         };
-        while let Some(conn) = slot.idle.pop() {
-            let stale = now.duration_since(conn.idle_since) >= PROBE_AFTER_IDLE;
-            if slot.expired(&conn, now) || (stale && !conn.is_alive()) {
-                slot.open -= 1;
-                st.open -= 1;
-                continue;
-            }
-            return Take::Now(Grant::Conn(Box::new(conn)));
-        }
         if slot.open < slot.size {
             if st.open < st.max {
                 slot.open += 1;
@@ -356,6 +354,24 @@ impl ServerBudget {
 }
 
 impl State {
+    /// Pops the most recently returned idle connection that is within its lifetime and, if it
+    /// sat idle a while, still connected; the others are closed on the way.
+    fn pop_idle(st: &mut State, id: PoolId) -> Option<BackendConn> {
+        let slot = st.slots.get_mut(&id)?;
+        let mut now = None;
+        while let Some(conn) = slot.idle.pop() {
+            let now = *now.get_or_insert_with(Instant::now);
+            let stale = now.duration_since(conn.idle_since) >= PROBE_AFTER_IDLE;
+            if slot.expired(&conn, now) || (stale && !conn.is_alive()) {
+                slot.open -= 1;
+                st.open -= 1;
+                continue;
+            }
+            return Some(conn);
+        }
+        None
+    }
+
     fn release_capacity(&mut self, id: PoolId) {
         if let Some(slot) = self.slots.get_mut(&id) {
             slot.open = slot.open.saturating_sub(1);

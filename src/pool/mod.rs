@@ -222,6 +222,19 @@ impl TenantPool {
         })
     }
 
+    /// An idle connection right now, if there is one: the common case, with no waiting and no
+    /// allocation.
+    pub fn try_checkout(self: &Arc<Self>) -> Option<PooledConn> {
+        if self.is_retired() {
+            return None;
+        }
+        self.server.take_idle(self.id).map(|conn| PooledConn {
+            conn: Some(conn),
+            pool: self.clone(),
+            returned: false,
+        })
+    }
+
     fn evict_idle(&self) -> usize {
         self.server.evict_idle(
             self.id,

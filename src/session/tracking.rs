@@ -35,33 +35,69 @@ pub enum Classified {
     DiscardAll,
     /// Creates state bound to the backend connection; the text says what.
     Pins(&'static str),
+    /// Several statements; see [`statements`] for each.
+    Multi,
 }
 
-/// Classifies the SQL of a Query or Parse message as a whole: its one statement, or `Plain`
+/// Classifies the SQL of a Query or Parse message as a whole: its one statement, or `Multi`
 /// for several (see [`statements`]).
 pub fn classify(sql: &[u8]) -> Classified {
     if let Some(what) = pins_anywhere(sql) {
         return Classified::Pins(what);
     }
+    // A single statement, perhaps with a trailing semicolon, is the common case.
+    let trimmed = sql.trim_ascii_end();
+    let trimmed = trimmed.strip_suffix(b";").unwrap_or(trimmed);
+    if memchr::memchr(b';', trimmed).is_none() {
+        let one = skip_space_and_comments(trimmed);
+        return if one.is_empty() {
+            Classified::Plain
+        } else {
+            classify_one(one)
+        };
+    }
     let mut all = split_statements(sql);
     match (all.next(), all.next()) {
         (Some(one), None) => classify_one(one),
-        _ => Classified::Plain,
+        (None, _) => Classified::Plain,
+        (Some(_), Some(_)) => Classified::Multi,
     }
 }
 
-/// Function calls and clauses that make backend-bound state wherever they appear.
+/// Function calls and clauses that make backend-bound state wherever they appear. Runs on every
+/// query, so it only looks closer where a trigger word can end ("advisory", "set_config",
+/// "temp"), found with a vectorised byte search.
 pub fn pins_anywhere(sql: &[u8]) -> Option<&'static str> {
-    if contains_ci(sql, b"advisory_lock") || contains_ci(sql, b"advisory_unlock") {
-        return Some("a session-level advisory lock");
-    }
-    if contains_ci(sql, b"set_config") {
-        return Some("set_config()");
-    }
-    if contains_ci(sql, b"into temp") {
-        return Some("a temporary table");
+    let lower = memchr::memchr3_iter(b'y', b'g', b'p', sql);
+    let upper = memchr::memchr3_iter(b'Y', b'G', b'P', sql);
+    for i in lower.chain(upper) {
+        let (head, tail) = sql.split_at(i + 1);
+        match sql[i] | 0x20 {
+            // pg_[try_]advisory_lock*, pg_advisory_unlock*; the _xact_ ones end with the
+            // transaction and are harmless.
+            b'y' if ends_with_ci(head, b"advisory")
+                && (starts_with_ci(tail, b"_lock") || starts_with_ci(tail, b"_unlock")) =>
+            {
+                return Some("a session-level advisory lock");
+            }
+            b'g' if ends_with_ci(head, b"set_config") => return Some("set_config()"),
+            b'p' if ends_with_ci(head, b"temp")
+                && ends_with_ci(head[..head.len() - 4].trim_ascii_end(), b"into") =>
+            {
+                return Some("a temporary table");
+            }
+            _ => {}
+        }
     }
     None
+}
+
+fn ends_with_ci(s: &[u8], suffix: &[u8]) -> bool {
+    s.len() >= suffix.len() && s[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+}
+
+fn starts_with_ci(s: &[u8], prefix: &[u8]) -> bool {
+    s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
 /// Each statement of a (possibly multi-statement) query with its classification.
@@ -76,100 +112,151 @@ fn split_statements(sql: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|s| !s.is_empty())
 }
 
+fn is(word: &[u8], keyword: &[u8]) -> bool {
+    word.eq_ignore_ascii_case(keyword)
+}
+
+fn lower(word: &[u8]) -> String {
+    String::from_utf8_lossy(word).to_ascii_lowercase()
+}
+
 fn classify_one(stmt: &[u8]) -> Classified {
     let mut words = Words(stmt);
-    let Some(first) = words.next() else {
+    let Some(first) = words.next_keyword() else {
         return Classified::Plain;
     };
-    match first.as_str() {
-        "set" => match words.next().as_deref() {
-            Some("local" | "transaction" | "constraints") | None => Classified::Plain,
-            Some("role") => Classified::Pins("SET ROLE"),
-            Some("session") => match words.next().as_deref() {
-                Some("authorization") => Classified::Pins("SET SESSION AUTHORIZATION"),
-                Some("characteristics") => Classified::Pins("SET SESSION CHARACTERISTICS"),
-                Some("role") => Classified::Pins("SET ROLE"),
-                Some("time") => Classified::Set {
-                    name: "timezone".into(),
-                },
-                Some(name) => Classified::Set { name: name.into() },
-                None => Classified::Plain,
-            },
-            Some("time") => Classified::Set {
+    // Most statements start with none of the keywords below.
+    const KEYWORDS: [&[u8]; 9] = [
+        b"set", b"reset", b"deallocate", b"discard", b"listen", b"prepare", b"load", b"declare",
+        b"create",
+    ];
+    if !KEYWORDS.iter().any(|k| is(first, k)) {
+        return Classified::Plain;
+    }
+    let second = words.next_keyword();
+    if is(first, b"set") {
+        let Some(second) = second else {
+            return Classified::Plain;
+        };
+        return match second.to_ascii_lowercase().as_slice() {
+            b"local" | b"transaction" | b"constraints" => Classified::Plain,
+            b"role" => Classified::Pins("SET ROLE"),
+            b"time" => Classified::Set {
                 name: "timezone".into(),
             },
-            Some(name) => Classified::Set { name: name.into() },
-        },
-        "reset" => match words.next().as_deref() {
-            Some("all") => Classified::ResetAll,
-            Some("role" | "session") => Classified::Pins("RESET ROLE"),
-            Some(name) => Classified::Reset { name: name.into() },
-            None => Classified::Plain,
-        },
-        "deallocate" => {
-            let mut name = words.next_raw();
-            if name.as_deref().map(str::to_ascii_lowercase).as_deref() == Some("prepare") {
-                name = words.next_raw();
-            }
-            match name {
-                Some(n) if n.eq_ignore_ascii_case("all") => Classified::Deallocate(None),
-                Some(n) => Classified::Deallocate(Some(n)),
+            b"session" => match words.next_keyword().map(<[u8]>::to_ascii_lowercase).as_deref() {
+                Some(b"authorization") => Classified::Pins("SET SESSION AUTHORIZATION"),
+                Some(b"characteristics") => Classified::Pins("SET SESSION CHARACTERISTICS"),
+                Some(b"role") => Classified::Pins("SET ROLE"),
+                Some(b"time") => Classified::Set {
+                    name: "timezone".into(),
+                },
+                Some(name) => Classified::Set { name: lower(name) },
                 None => Classified::Plain,
-            }
-        }
-        "discard" => match words.next().as_deref() {
-            Some("all") => Classified::DiscardAll,
-            Some("temp" | "temporary") => Classified::Plain,
-            _ => Classified::Plain,
-        },
-        "listen" => Classified::Pins("LISTEN"),
-        "prepare" => Classified::Pins("SQL-level PREPARE"),
-        "load" => Classified::Pins("LOAD"),
-        "declare" if contains_ci(stmt, b"with hold") => Classified::Pins("a WITH HOLD cursor"),
-        "create" => match words.next().as_deref() {
-            Some("temp" | "temporary") => Classified::Pins("a temporary table"),
-            Some("local" | "global") => match words.next().as_deref() {
-                Some("temp" | "temporary") => Classified::Pins("a temporary table"),
-                _ => Classified::Plain,
             },
-            _ => Classified::Plain,
-        },
-        _ => Classified::Plain,
+            name => Classified::Set { name: lower(name) },
+        };
     }
+    if is(first, b"reset") {
+        return match second {
+            Some(w) if is(w, b"all") => Classified::ResetAll,
+            Some(w) if is(w, b"role") || is(w, b"session") => Classified::Pins("RESET ROLE"),
+            Some(w) if is(w, b"time") => Classified::Reset {
+                name: "timezone".into(),
+            },
+            Some(w) => Classified::Reset { name: lower(w) },
+            None => Classified::Plain,
+        };
+    }
+    if is(first, b"deallocate") {
+        let mut words = Words(stmt);
+        words.next_keyword();
+        let mut name = words.next_name();
+        if name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case("prepare")) {
+            name = words.next_name();
+        }
+        return match name {
+            Some(n) if n.eq_ignore_ascii_case("all") => Classified::Deallocate(None),
+            Some(n) => Classified::Deallocate(Some(n)),
+            None => Classified::Plain,
+        };
+    }
+    if is(first, b"discard") {
+        return match second {
+            Some(w) if is(w, b"all") => Classified::DiscardAll,
+            _ => Classified::Plain,
+        };
+    }
+    if is(first, b"listen") {
+        return Classified::Pins("LISTEN");
+    }
+    if is(first, b"prepare") {
+        return Classified::Pins("SQL-level PREPARE");
+    }
+    if is(first, b"load") {
+        return Classified::Pins("LOAD");
+    }
+    if is(first, b"declare") {
+        let mut rest = Words(stmt);
+        let mut prev_with = false;
+        while let Some(w) = rest.next_any() {
+            if prev_with && is(w, b"hold") {
+                return Classified::Pins("a WITH HOLD cursor");
+            }
+            prev_with = is(w, b"with");
+        }
+        return Classified::Plain;
+    }
+    if is(first, b"create") {
+        let temp = |w: Option<&[u8]>| w.is_some_and(|w| is(w, b"temp") || is(w, b"temporary"));
+        if temp(second)
+            || (second.is_some_and(|w| is(w, b"local") || is(w, b"global"))
+                && temp(words.next_keyword()))
+        {
+            return Classified::Pins("a temporary table");
+        }
+        return Classified::Plain;
+    }
+    Classified::Plain
 }
 
-/// Lower-cased words (identifier characters) from the start of a statement.
+/// Words of a statement: identifier characters, skipping space and comments before each.
 struct Words<'a>(&'a [u8]);
 
-impl Words<'_> {
-    fn next_raw(&mut self) -> Option<String> {
+impl<'a> Words<'a> {
+    /// The next unquoted word at the current position, or none if something else comes first.
+    fn next_keyword(&mut self) -> Option<&'a [u8]> {
         let s = skip_space_and_comments(self.0);
-        let quoted = s.first() == Some(&b'"');
-        let body = if quoted { &s[1..] } else { s };
-        let end = body
-            .iter()
-            .position(|&b| {
-                if quoted {
-                    b == b'"'
-                } else {
-                    !(b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b >= 0x80)
-                }
-            })
-            .unwrap_or(body.len());
-        if end == 0 {
-            return None;
+        let end = s.iter().position(|&b| !is_word_byte(b)).unwrap_or(s.len());
+        self.0 = &s[end..];
+        (end > 0).then_some(&s[..end])
+    }
+
+    /// The next word anywhere in the text (anything else is skipped).
+    fn next_any(&mut self) -> Option<&'a [u8]> {
+        let start = self.0.iter().position(|&b| is_word_byte(b))?;
+        let s = &self.0[start..];
+        let end = s.iter().position(|&b| !is_word_byte(b)).unwrap_or(s.len());
+        self.0 = &s[end..];
+        Some(&s[..end])
+    }
+
+    /// The next name, quoted ("S_1", kept as written) or not (kept as written too).
+    fn next_name(&mut self) -> Option<String> {
+        let s = skip_space_and_comments(self.0);
+        if let Some(quoted) = s.strip_prefix(b"\"") {
+            let end = quoted.iter().position(|&b| b == b'"')?;
+            self.0 = &quoted[end + 1..];
+            return Some(String::from_utf8_lossy(&quoted[..end]).into_owned());
         }
-        self.0 = &body[(end + usize::from(quoted)).min(body.len())..];
-        Some(String::from_utf8_lossy(&body[..end]).into_owned())
+        let end = s.iter().position(|&b| !is_word_byte(b)).unwrap_or(s.len());
+        self.0 = &s[end..];
+        (end > 0).then(|| String::from_utf8_lossy(&s[..end]).into_owned())
     }
 }
 
-impl Iterator for Words<'_> {
-    type Item = String;
-
-    fn next(&mut self) -> Option<String> {
-        self.next_raw().map(|w| w.to_ascii_lowercase())
-    }
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b >= 0x80
 }
 
 fn skip_space_and_comments(mut s: &[u8]) -> &[u8] {
@@ -189,23 +276,6 @@ fn skip_space_and_comments(mut s: &[u8]) -> &[u8] {
             return trimmed;
         }
     }
-}
-
-/// ASCII case-insensitive substring test; `needle` is lower case.
-fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
-    let Some((&first, rest)) = needle.split_first() else {
-        return true;
-    };
-    if hay.len() < needle.len() {
-        return false;
-    }
-    (0..=hay.len() - needle.len()).any(|i| {
-        hay[i].to_ascii_lowercase() == first
-            && hay[i + 1..i + needle.len()]
-                .iter()
-                .zip(rest)
-                .all(|(a, b)| a.to_ascii_lowercase() == *b)
-    })
 }
 
 /// The settings a client wants on every backend connection it uses, as SQL to replay, with a
@@ -308,11 +378,13 @@ mod tests {
         for sql in [
             "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
             "begin",
-            "INSERT INTO t VALUES (1); SELECT 1",
             "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 2",
             "SET LOCAL work_mem = '1MB'",
             "set transaction isolation level serializable",
             "SELECT pg_advisory_xact_lock(1)",
+            "select pg_try_ADVISORY_xact_lock(1)",
+            "SELECT 'advisory' AS word, temperature FROM t",
+            "SELECT * FROM into_temp_t",
             "discard temp",
             "declare c cursor for select 1",
             "CREATE TABLE t (a int)",
@@ -363,6 +435,10 @@ mod tests {
             "CREATE TEMP TABLE x (a int)",
             "create local temporary table x (a int)",
             "select * into temp t from u",
+            "SELECT * INTO\n  TEMPORARY t FROM u",
+            "SELECT pg_AdViSoRy_LoCk(1)",
+            "select pg_advisory_unlock_all()",
+            "SELECT SET_CONFIG('x', 'y', false)",
             "LISTEN chan",
             "SELECT pg_advisory_lock(42)",
             "select pg_try_advisory_lock(1)",
@@ -392,7 +468,9 @@ mod tests {
         );
         assert_eq!(all[1].0, Classified::Plain);
         assert_eq!(all[2].0, Classified::Pins("LISTEN"));
-        assert_eq!(c("SELECT 1; SET search_path TO x"), Classified::Plain);
+        assert_eq!(c("SELECT 1; SET search_path TO x"), Classified::Multi);
+        assert_eq!(c("INSERT INTO t VALUES (1); SELECT 1"), Classified::Multi);
+        assert_eq!(c("SELECT 1;"), Classified::Plain);
     }
 
     #[test]

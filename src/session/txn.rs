@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::cancel::{CancelKey, CancelTarget};
 use super::prepared::{self, ClientStatements, MAX_STATEMENTS_PER_CLIENT, Statement};
-use super::tracking::{Classified, Settings, classify, pins_anywhere, statements};
+use super::tracking::{Classified, Settings, classify, statements};
 use crate::config::SessionStatePolicy;
 use crate::error::ClientError;
 use crate::pool::{CheckoutError, PooledConn, TenantPool};
@@ -492,10 +492,10 @@ impl<'a> TxnSession<'a> {
                 if n == 0 {
                     return Ok(moved);
                 }
-                let chunk = self.cin.split_to(n);
                 if !self.skipping {
-                    self.sout.put_slice(&chunk);
+                    self.sout.put_slice(&self.cin[..n]);
                 }
+                self.cin.advance(n);
                 self.client_stream_left -= n;
                 moved = true;
                 continue;
@@ -545,6 +545,11 @@ impl<'a> TxnSession<'a> {
                 Step::Done => moved = true,
                 Step::NeedMore => return Ok(moved),
                 Step::NeedBackend => {
+                    if let Some(conn) = self.pool.try_checkout() {
+                        self.attach(conn);
+                        moved = true;
+                        continue;
+                    }
                     // The new checkout must be polled before this poll returns.
                     self.acquire();
                     return Ok(true);
@@ -590,29 +595,28 @@ impl<'a> TxnSession<'a> {
                 if !whole {
                     return Ok(Step::NeedMore);
                 }
-                let msg = self.cin.split_to(len + 1).freeze();
-                let body = msg.slice(5..);
+                // Borrow the message in place while `self` changes; it is consumed only when
+                // handled, so a message that needs a backend first is simply looked at again.
+                let cin = std::mem::take(&mut self.cin);
+                let msg = &cin[..len + 1];
                 let step = match tag {
-                    b'P' => self.parse(&msg, &body)?,
-                    b'Q' => self.query(&msg, &body),
-                    b'D' => self.describe(&msg, &body)?,
-                    _ => self.close(&msg, &body)?,
+                    b'P' => self.parse(msg),
+                    b'Q' => Ok(self.query(msg)),
+                    b'D' => self.describe(msg),
+                    _ => self.close(msg),
                 };
-                if matches!(step, Step::NeedBackend) {
-                    // Put the message back; it is handled again once a backend is held.
-                    let mut again = BytesMut::with_capacity(msg.len() + self.cin.len());
-                    again.put_slice(&msg);
-                    again.put_slice(&self.cin);
-                    self.cin = again;
+                self.cin = cin;
+                if matches!(step, Ok(Step::Done)) {
+                    self.cin.advance(len + 1);
                 }
-                Ok(step)
+                step
             }
             _ if !held => Ok(Step::NeedBackend),
             b'B' => self.bind(len),
             _ => {
                 let take = (len + 1).min(self.cin.len());
-                let chunk = self.cin.split_to(take);
-                self.sout.put_slice(&chunk);
+                self.sout.put_slice(&self.cin[..take]);
+                self.cin.advance(take);
                 self.client_stream_left = len + 1 - take;
                 match tag {
                     b'E' => self.expect_reply(Reply::Execute),
@@ -626,7 +630,8 @@ impl<'a> TxnSession<'a> {
         }
     }
 
-    fn parse(&mut self, msg: &Bytes, body: &Bytes) -> Result<Step, TxnEnd> {
+    fn parse(&mut self, msg: &[u8]) -> Result<Step, TxnEnd> {
+        let body = &msg[5..];
         let Some((name, rest)) = prepared::cstr(body) else {
             return Err(malformed("Parse"));
         };
@@ -636,7 +641,7 @@ impl<'a> TxnSession<'a> {
         if self.backend.is_none() {
             return Ok(Step::NeedBackend);
         }
-        if self.watch_statement(sql, Some(body)) {
+        if self.watch_statement(sql, classify(sql), true) {
             return Ok(Step::Done);
         }
         if name.is_empty() {
@@ -701,36 +706,31 @@ impl<'a> TxnSession<'a> {
         });
     }
 
-    /// Looks at the SQL of a Query or Parse for session state. True when the message was
-    /// refused (error policy) and must not go on.
-    fn watch_statement(&mut self, sql: &[u8], parse_body: Option<&Bytes>) -> bool {
+    /// Looks at the SQL of a Query or Parse (classified as `class`) for session state. True
+    /// when the message was refused (error policy) and must not go on.
+    fn watch_statement(&mut self, sql: &[u8], class: Classified, is_parse: bool) -> bool {
         if self.pinned.is_some() {
             return false;
         }
-        let mut pins = pins_anywhere(sql);
-        if pins.is_none() {
-            for (class, text) in statements(sql) {
-                match class {
-                    Classified::Plain | Classified::Deallocate(_) => {}
-                    Classified::Pins(what) => {
+        let pins = match class {
+            Classified::Plain | Classified::Deallocate(_) => return false,
+            Classified::Pins(what) => Some(what),
+            Classified::Multi => {
+                let mut pins = None;
+                for (class, text) in statements(sql) {
+                    if let Classified::Pins(what) = class {
                         pins = Some(what);
                         break;
                     }
-                    Classified::Set { name } => self
-                        .pending
-                        .push(Pending::Set(name, Bytes::copy_from_slice(text))),
-                    Classified::Reset { name } => self.pending.push(Pending::Reset(name)),
-                    Classified::ResetAll => self.pending.push(Pending::ResetAll),
-                    Classified::DiscardAll => {
-                        self.pending.push(Pending::ResetAll);
-                        self.statements.clear();
-                        if let Some(conn) = self.backend.as_mut() {
-                            conn.conn().statements.clear();
-                        }
-                    }
+                    self.track(class, text);
                 }
+                pins
             }
-        }
+            single => {
+                self.track(single, sql);
+                None
+            }
+        };
         let Some(what) = pins else {
             return false;
         };
@@ -744,7 +744,7 @@ impl<'a> TxnSession<'a> {
                 // Changes queued by earlier statements of the refused query never happen.
                 self.pending.clear();
                 let err = ClientError::session_state_refused(what);
-                if parse_body.is_some() {
+                if is_parse {
                     self.refuse(err);
                 } else {
                     // A raising statement in its place keeps the backend's transaction state
@@ -758,13 +758,34 @@ impl<'a> TxnSession<'a> {
         }
     }
 
-    fn query(&mut self, msg: &Bytes, body: &Bytes) -> Step {
-        let sql = prepared::cstr(body).map_or(&body[..], |(s, _)| s);
+    /// Queues a settings change of one statement, applied if its transaction commits.
+    fn track(&mut self, class: Classified, text: &[u8]) {
+        match class {
+            Classified::Set { name } => self
+                .pending
+                .push(Pending::Set(name, Bytes::copy_from_slice(text))),
+            Classified::Reset { name } => self.pending.push(Pending::Reset(name)),
+            Classified::ResetAll => self.pending.push(Pending::ResetAll),
+            Classified::DiscardAll => {
+                self.pending.push(Pending::ResetAll);
+                self.statements.clear();
+                if let Some(conn) = self.backend.as_mut() {
+                    conn.conn().statements.clear();
+                }
+            }
+            Classified::Plain | Classified::Deallocate(_) | Classified::Pins(_) | Classified::Multi => {}
+        }
+    }
+
+    fn query(&mut self, msg: &[u8]) -> Step {
+        let body = &msg[5..];
+        let sql = prepared::cstr(body).map_or(body, |(s, _)| s);
+        let class = classify(sql);
         // DEALLOCATE of a protocol-level statement is the proxy's to answer.
-        if let Classified::Deallocate(target) = classify(sql)
+        if let Classified::Deallocate(target) = &class
             && self.pinned.is_none()
         {
-            let known = match &target {
+            let known = match target {
                 Some(name) => self.statements.remove(name.as_bytes()).is_some(),
                 None => {
                     self.statements.clear();
@@ -785,7 +806,7 @@ impl<'a> TxnSession<'a> {
         if self.backend.is_none() {
             return Step::NeedBackend;
         }
-        if self.watch_statement(sql, None) {
+        if self.watch_statement(sql, class, false) {
             return Step::Done;
         }
         self.sout.put_slice(msg);
@@ -793,8 +814,8 @@ impl<'a> TxnSession<'a> {
         Step::Done
     }
 
-    fn describe(&mut self, msg: &Bytes, body: &Bytes) -> Result<Step, TxnEnd> {
-        let Some((&kind, rest)) = body.split_first() else {
+    fn describe(&mut self, msg: &[u8]) -> Result<Step, TxnEnd> {
+        let Some((&kind, rest)) = msg[5..].split_first() else {
             return Err(malformed("Describe"));
         };
         let name = prepared::cstr(rest).map_or(rest, |(n, _)| n);
@@ -821,8 +842,8 @@ impl<'a> TxnSession<'a> {
         Ok(Step::Done)
     }
 
-    fn close(&mut self, msg: &Bytes, body: &Bytes) -> Result<Step, TxnEnd> {
-        let Some((&kind, rest)) = body.split_first() else {
+    fn close(&mut self, msg: &[u8]) -> Result<Step, TxnEnd> {
+        let Some((&kind, rest)) = msg[5..].split_first() else {
             return Err(malformed("Close"));
         };
         let name = prepared::cstr(rest).map_or(rest, |(n, _)| n);
@@ -905,10 +926,10 @@ impl<'a> TxnSession<'a> {
                 if n == 0 {
                     return Ok(moved);
                 }
-                let chunk = self.sin.split_to(n);
                 if self.server_stream_forward {
-                    self.cout.put_slice(&chunk);
+                    self.cout.put_slice(&self.sin[..n]);
                 }
+                self.sin.advance(n);
                 self.server_stream_left -= n;
                 if self.server_stream_left == 0 {
                     self.flush_locals();
@@ -940,12 +961,12 @@ impl<'a> TxnSession<'a> {
             }
             let action = self.server_message(tag, len)?;
             let take = (len + 1).min(self.sin.len());
-            let chunk = self.sin.split_to(take);
             self.server_stream_left = len + 1 - take;
             self.server_stream_forward = matches!(action, ServerAction::Forward);
             if self.server_stream_forward {
-                self.cout.put_slice(&chunk);
+                self.cout.put_slice(&self.sin[..take]);
             }
+            self.sin.advance(take);
             if self.server_stream_left == 0 {
                 // The proxy's own replies queued behind this one go out after it.
                 self.flush_locals();

@@ -71,6 +71,10 @@ pub struct BackendConn {
     pub created: Instant,
     /// Returned to the pool at.
     pub idle_since: Instant,
+    /// Closed instead of reused from this moment (its pool's max lifetime after `created`).
+    pub retire_at: Instant,
+    /// Probed for a dead peer before reuse from this moment on (a while after `idle_since`).
+    pub probe_at: Instant,
     /// Transaction mode: the statements prepared on this connection.
     pub statements: BackendStatements,
     /// Transaction mode: fingerprint of the client settings this connection carries.
@@ -98,6 +102,8 @@ impl BackendConn {
                 addr,
                 created: now,
                 idle_since: now,
+                retire_at: now + Duration::from_secs(365 * 24 * 3600),
+                probe_at: now,
                 statements: BackendStatements::default(),
                 settings_fingerprint: 0,
             })
@@ -118,6 +124,8 @@ impl BackendConn {
             secret: std::sync::Arc::from(&[0u8; 4][..]),
             created: now,
             idle_since: now,
+            retire_at: now + Duration::from_secs(365 * 24 * 3600),
+            probe_at: now,
             statements: BackendStatements::default(),
             settings_fingerprint: 0,
         }

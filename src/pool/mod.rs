@@ -156,7 +156,7 @@ pub struct TenantPool {
 
 impl TenantPool {
     fn new(tenant: &Tenant, id: PoolId, server: Arc<ServerBudget>) -> Self {
-        server.add_pool(id, tenant.pool.size as usize, tenant.pool.max_lifetime);
+        server.add_pool(id, tenant.pool.size as usize);
         TenantPool {
             tenant: tenant.slug.clone(),
             target: tenant.backend.clone(),
@@ -253,7 +253,10 @@ impl TenantPool {
             let pool = self.clone();
             tokio::spawn(async move {
                 match BackendConn::connect(&pool.target, pool.settings.connect_timeout).await {
-                    Ok(conn) => pool.server.put_back(pool.id, conn),
+                    Ok(mut conn) => {
+                        conn.retire_at = retire_at(conn.created, pool.settings.max_lifetime);
+                        pool.server.put_back(pool.id, conn)
+                    }
                     Err(e) => {
                         pool.server.closed(pool.id);
                         tracing::warn!(tenant = %pool.tenant, error = %e, "could not open a min_idle connection")
@@ -262,6 +265,13 @@ impl TenantPool {
             });
         }
     }
+}
+
+/// When a connection made at `created` reaches `lifetime` (far in the future if that overflows).
+fn retire_at(created: Instant, lifetime: Duration) -> Instant {
+    created
+        .checked_add(lifetime)
+        .unwrap_or_else(|| created + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// A queued checkout; withdraws itself from the queue if dropped or timed out.

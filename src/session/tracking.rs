@@ -40,36 +40,50 @@ pub enum Classified {
 }
 
 /// Classifies the SQL of a Query or Parse message as a whole: its one statement, or `Multi`
-/// for several (see [`statements`]).
+/// for several (see [`statements`]). Runs on every query, so the common case costs a couple of
+/// vectorised byte searches and a look at the first word.
 pub fn classify(sql: &[u8]) -> Classified {
-    if let Some(what) = pins_anywhere(sql) {
-        return Classified::Pins(what);
-    }
-    // A single statement, perhaps with a trailing semicolon, is the common case.
     let trimmed = sql.trim_ascii_end();
     let trimmed = trimmed.strip_suffix(b";").unwrap_or(trimmed);
-    if memchr::memchr(b';', trimmed).is_none() {
-        let one = skip_space_and_comments(trimmed);
-        return if one.is_empty() {
-            Classified::Plain
-        } else {
-            classify_one(one)
+    let (mut call, mut multi) = (false, false);
+    for i in memchr::memchr2_iter(b'(', b';', trimmed) {
+        match trimmed[i] {
+            b'(' => call = true,
+            _ => multi = true,
+        }
+        if call && multi {
+            break;
+        }
+    }
+    if call && let Some(what) = pins_in_calls(trimmed) {
+        return Classified::Pins(what);
+    }
+    if multi {
+        if into_temp(trimmed) {
+            return Classified::Pins("a temporary table");
+        }
+        let mut all = split_statements(trimmed);
+        return match (all.next(), all.next()) {
+            (Some(one), None) => classify_one(one),
+            (None, _) => Classified::Plain,
+            (Some(_), Some(_)) => Classified::Multi,
         };
     }
-    let mut all = split_statements(sql);
-    match (all.next(), all.next()) {
-        (Some(one), None) => classify_one(one),
-        (None, _) => Classified::Plain,
-        (Some(_), Some(_)) => Classified::Multi,
+    let one = skip_space_and_comments(trimmed);
+    let class = classify_one(one);
+    let first = Words(one).next_keyword().unwrap_or_default();
+    if class == Classified::Plain && (is(first, b"select") || is(first, b"with")) && into_temp(one)
+    {
+        return Classified::Pins("a temporary table");
     }
+    class
 }
 
-/// Function calls and clauses that make backend-bound state wherever they appear. Runs on every
-/// query, so it only looks closer where a trigger word can end ("advisory", "set_config",
-/// "temp"), found with a vectorised byte search.
-pub fn pins_anywhere(sql: &[u8]) -> Option<&'static str> {
-    let lower = memchr::memchr3_iter(b'y', b'g', b'p', sql);
-    let upper = memchr::memchr3_iter(b'Y', b'G', b'P', sql);
+/// Session-level advisory locks and `set_config`, which only appear as function calls; found
+/// where their names end ('y' of advisory, 'g' of set_config).
+fn pins_in_calls(sql: &[u8]) -> Option<&'static str> {
+    let lower = memchr::memchr2_iter(b'y', b'g', sql);
+    let upper = memchr::memchr2_iter(b'Y', b'G', sql);
     for i in lower.chain(upper) {
         let (head, tail) = sql.split_at(i + 1);
         match sql[i] | 0x20 {
@@ -81,15 +95,22 @@ pub fn pins_anywhere(sql: &[u8]) -> Option<&'static str> {
                 return Some("a session-level advisory lock");
             }
             b'g' if ends_with_ci(head, b"set_config") => return Some("set_config()"),
-            b'p' if ends_with_ci(head, b"temp")
-                && ends_with_ci(head[..head.len() - 4].trim_ascii_end(), b"into") =>
-            {
-                return Some("a temporary table");
-            }
             _ => {}
         }
     }
     None
+}
+
+/// `SELECT ... INTO TEMP[ORARY]`: the word "into" followed by a word starting with "temp".
+fn into_temp(sql: &[u8]) -> bool {
+    memchr::memchr2_iter(b'i', b'I', sql).any(|i| {
+        let word_start = i == 0 || !is_word_byte(sql[i - 1]);
+        let rest = &sql[i..];
+        word_start
+            && starts_with_ci(rest, b"into")
+            && rest.get(4).is_some_and(|b| b.is_ascii_whitespace())
+            && starts_with_ci(rest[4..].trim_ascii_start(), b"temp")
+    })
 }
 
 fn ends_with_ci(s: &[u8], suffix: &[u8]) -> bool {

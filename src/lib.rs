@@ -8,7 +8,8 @@
 //! listener ─► handshake (SSLRequest/GSSENCRequest refused, StartupMessage or CancelRequest)
 //!          ─► resolve (database name | user.tenant | options  ─►  catalog snapshot)
 //!          ─► auth (SCRAM-SHA-256 / md5 / trust against the tenant user's stored verifier)
-//!          ─► pool.checkout(tenant) ─► relay (raw frames both ways) ─► reset ─► pool
+//!          ─► pool.checkout(tenant) ─► relay (raw frames both ways) ─► reset ─► pool   (session)
+//!          ─► per transaction: checkout ─► relay with statement/settings tracking ─► pool (transaction)
 //! ```
 //!
 //! Module map (one responsibility each):
@@ -18,8 +19,10 @@
 //! - [`handshake`]: the pre-authentication leg of a client connection.
 //! - [`auth`]: SCRAM-SHA-256 / md5 / trust for clients, and the proxy's own backend login.
 //! - [`tenant`]: pure tenant resolution, the routing snapshot and the catalog sources.
-//! - [`pool`]: backend connections and per-tenant pools with a guard that returns on drop.
-//! - [`session`]: a client's life after login: parameter sync, the relay, cancel routing.
+//! - [`pool`]: backend connections, per-tenant pools with a guard that returns on drop, and each
+//!   server's shared connection budget with fair hand-off between tenants.
+//! - [`session`]: a client's life after login: parameter sync, the session relay, the
+//!   transaction-mode session (prepared statements, tracked settings, pinning), cancel routing.
 //! - [`server`]: the accept loop, connection permits and shutdown.
 //! - [`localpg`]: throwaway local Postgres clusters (quickstart and tests).
 //! - [`quickstart`]: a throwaway local cluster with two demo tenants.

@@ -170,7 +170,11 @@ fn classify_one(stmt: &[u8]) -> Classified {
             b"time" => Classified::Set {
                 name: "timezone".into(),
             },
-            b"session" => match words.next_keyword().map(<[u8]>::to_ascii_lowercase).as_deref() {
+            b"session" => match words
+                .next_keyword()
+                .map(<[u8]>::to_ascii_lowercase)
+                .as_deref()
+            {
                 Some(b"authorization") => Classified::Pins("SET SESSION AUTHORIZATION"),
                 Some(b"characteristics") => Classified::Pins("SET SESSION CHARACTERISTICS"),
                 Some(b"role") => Classified::Pins("SET ROLE"),
@@ -198,7 +202,10 @@ fn classify_one(stmt: &[u8]) -> Classified {
         let mut words = Words(stmt);
         words.next_keyword();
         let mut name = words.next_name();
-        if name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case("prepare")) {
+        if name
+            .as_deref()
+            .is_some_and(|n| n.eq_ignore_ascii_case("prepare"))
+        {
             name = words.next_name();
         }
         return match name {

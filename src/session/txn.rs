@@ -773,7 +773,10 @@ impl<'a> TxnSession<'a> {
                     conn.conn().statements.clear();
                 }
             }
-            Classified::Plain | Classified::Deallocate(_) | Classified::Pins(_) | Classified::Multi => {}
+            Classified::Plain
+            | Classified::Deallocate(_)
+            | Classified::Pins(_)
+            | Classified::Multi => {}
         }
     }
 

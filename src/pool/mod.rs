@@ -167,6 +167,14 @@ impl TenantPool {
         }
     }
 
+    /// The limits a client waiting on this pool runs into, for its error message.
+    pub fn limits(&self) -> String {
+        format!(
+            "pool size {}, server \"{}\" max_connections {}",
+            self.settings.size, self.target.server, self.target.server_max_connections
+        )
+    }
+
     /// True once a catalog change replaced this pool.
     pub fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Acquire)

@@ -319,7 +319,7 @@ async fn checkout(shared: &Shared, tenant: &Tenant) -> Result<PooledConn, Client
             Err(CheckoutError::Timeout(waited)) => {
                 return Err(ClientError::pool_exhausted(
                     &tenant.slug,
-                    &pool_limits(tenant),
+                    &pool.limits(),
                     waited.as_millis() as u64,
                 ));
             }
@@ -330,12 +330,4 @@ async fn checkout(shared: &Shared, tenant: &Tenant) -> Result<PooledConn, Client
         }
     }
     Err(ClientError::backend_unavailable(&tenant.slug))
-}
-
-/// The limits a waiting client ran into, for its error message.
-pub fn pool_limits(tenant: &Tenant) -> String {
-    format!(
-        "pool size {}, server \"{}\" max_connections {}",
-        tenant.pool.size, tenant.backend.server, tenant.backend.server_max_connections
-    )
 }

@@ -361,15 +361,11 @@ impl<'a> TxnSession<'a> {
 
     fn checkout_error(&self, e: CheckoutError) -> ClientError {
         match e {
-            CheckoutError::Timeout(waited) => {
-                let limits = format!(
-                    "pool size {}, server \"{}\" max_connections {}",
-                    self.pool.settings.size,
-                    self.pool.target.server,
-                    self.pool.target.server_max_connections
-                );
-                ClientError::pool_exhausted(&self.pool.tenant, &limits, waited.as_millis() as u64)
-            }
+            CheckoutError::Timeout(waited) => ClientError::pool_exhausted(
+                &self.pool.tenant,
+                &self.pool.limits(),
+                waited.as_millis() as u64,
+            ),
             CheckoutError::Connect(e) => {
                 tracing::error!(error = %e, backend = ?self.pool.target, "backend connection failed");
                 ClientError::backend_unavailable(&self.pool.tenant)

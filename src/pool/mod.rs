@@ -216,8 +216,9 @@ impl TenantPool {
                     pool: self.clone(),
                     returned: false,
                 };
-                let conn =
+                let mut conn =
                     BackendConn::connect(&self.target, self.settings.connect_timeout).await?;
+                conn.retire_at = retire_at(conn.created, self.settings.max_lifetime);
                 tracing::debug!(tenant = %self.tenant, backend = ?self.target, pid = conn.pid, "backend connection opened");
                 guard.conn = Some(conn);
                 return Ok(guard);

@@ -1018,6 +1018,11 @@ impl<'a> TxnSession<'a> {
                 Ok(ServerAction::Forward)
             }
             b'Z' => {
+                if len != 5 {
+                    return Err(TxnEnd::ServerProtocol(format!(
+                        "ReadyForQuery of length {len}"
+                    )));
+                }
                 let status = self.sin[5];
                 let Some(Expect::Reply { owner, .. }) = self.expect.pop_front() else {
                     return Err(self.lost_track(tag));
@@ -1109,7 +1114,8 @@ impl<'a> TxnSession<'a> {
     /// CommandComplete: a ROLLBACK undoes SETs of the transaction; DISCARD ALL and DEALLOCATE
     /// ALL wiped the connection's prepared statements.
     fn command_complete(&mut self, len: usize) {
-        let tag = &self.sin[5..len];
+        // The command tag without its NUL; a malformed empty one matches nothing.
+        let tag = self.sin.get(5..len).unwrap_or_default();
         match tag {
             b"ROLLBACK" => self.txn_failed = true,
             b"DISCARD ALL" | b"DEALLOCATE ALL" => {

@@ -247,3 +247,60 @@ async fn shutdown_tells_connected_clients_57p01() {
         Some("57P01")
     );
 }
+
+/// Well-framed messages with random or half-valid bodies, so they reach the transaction-mode
+/// decoding of Parse, Bind, Describe, Close and Query.
+fn garbage_frames(rng: &mut rand::rngs::StdRng) -> Vec<u8> {
+    const TAGS: &[u8] = b"PBDCESHQFdcfZXx\x00";
+    let mut out = Vec::new();
+    for _ in 0..rng.random_range(1..12) {
+        let tag = TAGS[rng.random_range(0..TAGS.len())];
+        let body: Vec<u8> = match rng.random_range(0..4) {
+            0 => b"s1\0SELECT 1\0\0\0".to_vec(),
+            1 => b"\0s1\0\0\0\0\0\0\0".to_vec(),
+            2 => b"Ss1\0".to_vec(),
+            _ => (0..rng.random_range(0..40))
+                .map(|_| if rng.random_bool(0.2) { 0 } else { rng.random() })
+                .collect(),
+        };
+        out.push(tag);
+        out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_messages_in_transaction_mode_never_panic() {
+    count_proxy_panics();
+    let (proxy, slug) = single_tenant_proxy(
+        "trust",
+        "",
+        "pool_mode = \"transaction\"\npool_size = 3\ncheckout_timeout_ms = 3000",
+    )
+    .await;
+    let addr = proxy.addrs[0];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x7a11);
+    let mut tasks = Vec::new();
+    for _ in 0..60 {
+        let bytes = garbage_frames(&mut rng);
+        let slug = slug.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut raw = RawClient::login(addr, "app", &slug).await;
+            let _ = raw.stream.write_all(&bytes).await;
+            let mut sink = Vec::new();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(3),
+                raw.stream.read_to_end(&mut sink),
+            )
+            .await;
+        }));
+    }
+    for t in tasks {
+        t.await.expect("garbage client task");
+    }
+    let c = connect(addr, "app", &slug).await.expect("normal client after");
+    assert_eq!(whoami(&c).await, slug);
+    assert_eq!(PROXY_PANICS.load(Ordering::SeqCst), 0);
+    proxy.shutdown().await;
+}

@@ -149,7 +149,10 @@ pub struct TxnSession<'a> {
     acquiring: Option<Checkout>,
     cin: BytesMut,
     sout: BytesMut,
+    /// Backend bytes; the first `sin_fwd` are approved for the client as they are, and go out
+    /// after everything in `cout` (no copy unless the proxy must insert or drop something).
     sin: BytesMut,
+    sin_fwd: usize,
     cout: BytesMut,
     client_stream_left: usize,
     server_stream_left: usize,
@@ -196,6 +199,7 @@ impl<'a> TxnSession<'a> {
             cin: early,
             sout: BytesMut::with_capacity(READ_CHUNK),
             sin: BytesMut::with_capacity(READ_CHUNK),
+            sin_fwd: 0,
             cout: BytesMut::with_capacity(READ_CHUNK),
             client_stream_left: 0,
             server_stream_left: 0,
@@ -217,6 +221,7 @@ impl<'a> TxnSession<'a> {
     pub async fn run<C: AsyncRead + AsyncWrite + Unpin>(&mut self, client: &mut C) -> TxnEnd {
         let end = poll_fn(|cx| self.poll_session(cx, client)).await;
         // Whatever the backend said last (its FATAL) still reaches the client.
+        self.spill_server();
         if !self.cout.is_empty() {
             let _ = tokio::time::timeout(
                 std::time::Duration::from_secs(1),
@@ -288,17 +293,30 @@ impl<'a> TxnSession<'a> {
                     Poll::Ready(_) => return Poll::Ready(self.server_gone()),
                 }
             }
-            if !waiting.client_write && !self.cout.is_empty() {
-                match Pin::new(&mut *client).poll_write(cx, &self.cout) {
+            if !waiting.client_write && (!self.cout.is_empty() || self.sin_fwd > 0) {
+                // The proxy's own bytes first, then the approved backend bytes in place.
+                let from_cout = !self.cout.is_empty();
+                let out = if from_cout {
+                    &self.cout[..]
+                } else {
+                    &self.sin[..self.sin_fwd]
+                };
+                match Pin::new(&mut *client).poll_write(cx, out) {
                     Poll::Pending => waiting.client_write = true,
                     Poll::Ready(Ok(n)) if n > 0 => {
-                        self.cout.advance(n);
+                        if from_cout {
+                            self.cout.advance(n);
+                        } else {
+                            self.sin.advance(n);
+                            self.sin_fwd -= n;
+                        }
                         progress = true;
                     }
                     Poll::Ready(_) => return Poll::Ready(TxnEnd::ClientLeft),
                 }
             }
-            if self.client_done && self.cout.is_empty() && self.sout.is_empty() {
+            if self.client_done && self.cout.is_empty() && self.sin_fwd == 0 && self.sout.is_empty()
+            {
                 return Poll::Ready(TxnEnd::ClientLeft);
             }
             if !self.client_done
@@ -320,7 +338,7 @@ impl<'a> TxnSession<'a> {
                 Err(end) => return Poll::Ready(end),
             }
             if !waiting.server_read
-                && self.cout.len() < HIGH_WATER
+                && self.cout.len() + self.sin_fwd < HIGH_WATER
                 && let Some(conn) = self.backend.as_mut()
             {
                 match read_some(cx, &mut conn.conn().stream, &mut self.sin) {
@@ -352,7 +370,7 @@ impl<'a> TxnSession<'a> {
         let _ = self.process_server();
         self.backend = None;
         self.key.detach();
-        if !self.cout.is_empty() || self.expect.is_empty() {
+        if !self.cout.is_empty() || self.sin_fwd > 0 || self.expect.is_empty() {
             TxnEnd::ServerGone
         } else {
             TxnEnd::Refused(ClientError::server_lost(&self.pool.tenant))
@@ -443,6 +461,7 @@ impl<'a> TxnSession<'a> {
     }
 
     fn write_local(&mut self, reply: Local) {
+        self.spill_server();
         match reply {
             Local::ParseComplete => self.cout.put_slice(&[b'1', 0, 0, 0, 4]),
             Local::CloseComplete => self.cout.put_slice(&[b'3', 0, 0, 0, 4]),
@@ -915,20 +934,37 @@ impl<'a> TxnSession<'a> {
         Ok(Step::Done)
     }
 
+    /// Moves the approved backend bytes into `cout`, so something can be added after them or a
+    /// message after them dropped.
+    fn spill_server(&mut self) {
+        if self.sin_fwd > 0 {
+            self.cout.put_slice(&self.sin[..self.sin_fwd]);
+            self.sin.advance(self.sin_fwd);
+            self.sin_fwd = 0;
+        }
+    }
+
+    /// Passes `n` backend bytes after the approved ones on to the client, or drops them.
+    fn take_server_bytes(&mut self, n: usize, forward: bool) {
+        if forward {
+            self.sin_fwd += n;
+        } else {
+            self.spill_server();
+            self.sin.advance(n);
+        }
+    }
+
     /// Handles backend messages (streaming large pass-through ones) until input runs out or the
     /// client's output is backed up. True when bytes moved.
     fn process_server(&mut self) -> Result<bool, TxnEnd> {
         let mut moved = false;
         loop {
             if self.server_stream_left > 0 {
-                let n = self.server_stream_left.min(self.sin.len());
+                let n = self.server_stream_left.min(self.sin.len() - self.sin_fwd);
                 if n == 0 {
                     return Ok(moved);
                 }
-                if self.server_stream_forward {
-                    self.cout.put_slice(&self.sin[..n]);
-                }
-                self.sin.advance(n);
+                self.take_server_bytes(n, self.server_stream_forward);
                 self.server_stream_left -= n;
                 if self.server_stream_left == 0 {
                     self.flush_locals();
@@ -936,10 +972,10 @@ impl<'a> TxnSession<'a> {
                 moved = true;
                 continue;
             }
-            if self.cout.len() >= HIGH_WATER {
+            if self.cout.len() + self.sin_fwd >= HIGH_WATER {
                 return Ok(moved);
             }
-            let Some(&[tag, a, b, c, d]) = self.sin.first_chunk::<5>() else {
+            let Some(&[tag, a, b, c, d]) = self.sin[self.sin_fwd..].first_chunk::<5>() else {
                 return Ok(moved);
             };
             let len = u32::from_be_bytes([a, b, c, d]) as usize;
@@ -954,24 +990,27 @@ impl<'a> TxnSession<'a> {
                     "message {tag:#04x} of {len} bytes is too long"
                 )));
             }
-            if decoded && self.sin.len() <= len {
-                self.sin.reserve(len + 1 - self.sin.len());
+            let available = self.sin.len() - self.sin_fwd;
+            if decoded && available <= len {
+                self.sin.reserve(len + 1 - available);
                 return Ok(moved);
             }
             let action = self.server_message(tag, len)?;
-            let take = (len + 1).min(self.sin.len());
+            let take = (len + 1).min(available);
             self.server_stream_left = len + 1 - take;
             self.server_stream_forward = matches!(action, ServerAction::Forward);
-            if self.server_stream_forward {
-                self.cout.put_slice(&self.sin[..take]);
-            }
-            self.sin.advance(take);
+            self.take_server_bytes(take, self.server_stream_forward);
             if self.server_stream_left == 0 {
                 // The proxy's own replies queued behind this one go out after it.
                 self.flush_locals();
             }
             moved = true;
         }
+    }
+
+    /// The backend message being decided on: what follows the approved bytes.
+    fn server_msg(&self) -> &[u8] {
+        &self.sin[self.sin_fwd..]
     }
 
     /// Decides what one backend message (header at the front of `sin`; whole if decoded) does
@@ -996,7 +1035,7 @@ impl<'a> TxnSession<'a> {
             // Asynchronous: notices and notifications always reach the client.
             b'N' | b'A' => Ok(ServerAction::Forward),
             b'S' => {
-                let body = &self.sin[5..len + 1];
+                let body = &self.server_msg()[5..len + 1];
                 let (name, value) = prepared::cstr(body)
                     .and_then(|(n, r)| prepared::cstr(r).map(|(v, _)| (n, v)))
                     .ok_or_else(|| TxnEnd::ServerProtocol("malformed ParameterStatus".into()))?;
@@ -1023,7 +1062,7 @@ impl<'a> TxnSession<'a> {
                         "ReadyForQuery of length {len}"
                     )));
                 }
-                let status = self.sin[5];
+                let status = self.server_msg()[5];
                 let Some(Expect::Reply { owner, .. }) = self.expect.pop_front() else {
                     return Err(self.lost_track(tag));
                 };
@@ -1115,7 +1154,7 @@ impl<'a> TxnSession<'a> {
     /// ALL wiped the connection's prepared statements.
     fn command_complete(&mut self, len: usize) {
         // The command tag without its NUL; a malformed empty one matches nothing.
-        let tag = self.sin.get(5..len).unwrap_or_default();
+        let tag = self.server_msg().get(5..len).unwrap_or_default();
         match tag {
             b"ROLLBACK" => self.txn_failed = true,
             b"DISCARD ALL" | b"DEALLOCATE ALL" => {

@@ -260,7 +260,13 @@ fn garbage_frames(rng: &mut rand::rngs::StdRng) -> Vec<u8> {
             1 => b"\0s1\0\0\0\0\0\0\0".to_vec(),
             2 => b"Ss1\0".to_vec(),
             _ => (0..rng.random_range(0..40))
-                .map(|_| if rng.random_bool(0.2) { 0 } else { rng.random() })
+                .map(|_| {
+                    if rng.random_bool(0.2) {
+                        0
+                    } else {
+                        rng.random()
+                    }
+                })
                 .collect(),
         };
         out.push(tag);
@@ -289,17 +295,16 @@ async fn garbage_messages_in_transaction_mode_never_panic() {
             let mut raw = RawClient::login(addr, "app", &slug).await;
             let _ = raw.stream.write_all(&bytes).await;
             let mut sink = Vec::new();
-            let _ = tokio::time::timeout(
-                Duration::from_secs(3),
-                raw.stream.read_to_end(&mut sink),
-            )
-            .await;
+            let _ = tokio::time::timeout(Duration::from_secs(3), raw.stream.read_to_end(&mut sink))
+                .await;
         }));
     }
     for t in tasks {
         t.await.expect("garbage client task");
     }
-    let c = connect(addr, "app", &slug).await.expect("normal client after");
+    let c = connect(addr, "app", &slug)
+        .await
+        .expect("normal client after");
     assert_eq!(whoami(&c).await, slug);
     assert_eq!(PROXY_PANICS.load(Ordering::SeqCst), 0);
     proxy.shutdown().await;

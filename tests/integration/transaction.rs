@@ -546,3 +546,29 @@ mod raw {
         proxy.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_results_and_copies_stream_through_transaction_mode() {
+    let (proxy, slug) = txn_proxy("", "pool_size = 1").await;
+    let c = connect(proxy.addrs[0], "app", &slug).await.expect("client");
+    // 20 MB of rows, larger than every buffer on the way.
+    let rows = c
+        .query(
+            "SELECT repeat(md5(i::text), 32) FROM generate_series(1, 20000) i",
+            &[],
+        )
+        .await
+        .expect("big result");
+    assert_eq!(rows.len(), 20_000);
+    assert!(rows.iter().all(|r| r.get::<_, String>(0).len() == 1024));
+    // A prepared statement and a notice after it still line up.
+    let s = c.prepare("SELECT $1::text").await.expect("prepare");
+    assert_eq!(
+        c.query_one(&s, &[&"after"])
+            .await
+            .expect("row")
+            .get::<_, String>(0),
+        "after"
+    );
+    proxy.shutdown().await;
+}

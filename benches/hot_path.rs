@@ -131,9 +131,21 @@ fn snapshot_lookup(c: &mut Criterion) {
     });
 }
 
+fn statement_classification(c: &mut Criterion) {
+    use pgtenant::session::tracking::classify;
+    let select = b"SELECT abalance FROM pgbench_accounts WHERE aid = 62316;";
+    c.bench_function("classify/pgbench select", |b| {
+        b.iter(|| black_box(classify(black_box(select))))
+    });
+    let update = b"UPDATE pgbench_accounts SET abalance = abalance + -1234 WHERE aid = 62316;";
+    c.bench_function("classify/pgbench update", |b| {
+        b.iter(|| black_box(classify(black_box(update))))
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(2));
-    targets = frame_scanner, startup_parsing, snapshot_lookup
+    targets = frame_scanner, startup_parsing, snapshot_lookup, statement_classification
 }
 criterion_main!(benches);

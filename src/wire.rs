@@ -41,7 +41,8 @@ pub async fn read_message<S: AsyncRead + Unpin>(
             }
             buf.reserve(total - buf.len());
         } else {
-            buf.reserve(64);
+            // Room for a whole SASL message or ParameterStatus burst in one read.
+            buf.reserve(1024);
         }
         if stream.read_buf(buf).await? == 0 {
             return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));

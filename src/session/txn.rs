@@ -112,6 +112,9 @@ enum Expect {
         parse: Option<ParseUndo>,
     },
     Local(Local),
+    /// Where the client ended a COPY FROM STDIN (CopyDone or CopyFail): Syncs it sent before
+    /// this point, while the backend was in copy-in mode, are ignored by the backend.
+    CopyEnd,
 }
 
 #[derive(Debug)]
@@ -164,6 +167,8 @@ pub struct TxnSession<'a> {
     txn_failed: bool,
     last_status: u8,
     pinned: Option<&'static str>,
+    /// The backend is in copy-in mode (CopyInResponse seen, client's CopyDone/CopyFail not yet).
+    copy_in: bool,
     skipping: bool,
     poisoned: bool,
     client_done: bool,
@@ -211,6 +216,7 @@ impl<'a> TxnSession<'a> {
             txn_failed: false,
             last_status: b'I',
             pinned: None,
+            copy_in: false,
             skipping: false,
             poisoned: false,
             client_done: false,
@@ -476,7 +482,7 @@ impl<'a> TxnSession<'a> {
 
     /// Writes the proxy's replies that have reached the front of the queue.
     fn flush_locals(&mut self) {
-        while let Some(Expect::Local(_)) = self.expect.front() {
+        while let Some(Expect::Local(_) | Expect::CopyEnd) = self.expect.front() {
             if let Some(Expect::Local(reply)) = self.expect.pop_front() {
                 self.write_local(reply);
             }
@@ -635,9 +641,16 @@ impl<'a> TxnSession<'a> {
                 self.client_stream_left = len + 1 - take;
                 match tag {
                     b'E' => self.expect_reply(Reply::Execute),
-                    b'S' => self.expect_reply(Reply::Sync),
+                    // In copy-in mode the backend ignores Sync.
+                    b'S' if !self.copy_in => self.expect_reply(Reply::Sync),
                     b'F' => self.expect_reply(Reply::Query),
-                    // Flush, CopyData, CopyDone, CopyFail: no reply of their own.
+                    b'c' | b'f' if self.copy_in => self.copy_in = false,
+                    // The backend has not said CopyInResponse yet (or this is no COPY): mark
+                    // the spot, so Syncs before it can be told from those after.
+                    b'c' | b'f' if !self.expect.is_empty() => {
+                        self.expect.push_back(Expect::CopyEnd)
+                    }
+                    // Flush, CopyData: no reply of their own.
                     _ => {}
                 }
                 Ok(Step::Done)
@@ -1146,6 +1159,10 @@ impl<'a> TxnSession<'a> {
                 self.command_complete(len);
                 Ok(own(front_owner))
             }
+            b'G' => {
+                self.enter_copy_in();
+                Ok(own(front_owner))
+            }
             _ => Ok(own(front_owner)),
         }
     }
@@ -1163,6 +1180,28 @@ impl<'a> TxnSession<'a> {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// CopyInResponse: Syncs the client sent after the COPY and before its CopyDone (if it
+    /// already sent one) never get a reply, so they leave the queue.
+    fn enter_copy_in(&mut self) {
+        let mut i = 1;
+        self.copy_in = true;
+        while i < self.expect.len() {
+            match self.expect.get(i) {
+                Some(Expect::CopyEnd) => {
+                    self.expect.remove(i);
+                    self.copy_in = false;
+                    return;
+                }
+                Some(Expect::Reply {
+                    reply: Reply::Sync, ..
+                }) => {
+                    self.expect.remove(i);
+                }
+                _ => i += 1,
+            }
         }
     }
 

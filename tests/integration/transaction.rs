@@ -561,7 +561,29 @@ async fn large_results_and_copies_stream_through_transaction_mode() {
         .expect("big result");
     assert_eq!(rows.len(), 20_000);
     assert!(rows.iter().all(|r| r.get::<_, String>(0).len() == 1024));
-    // A prepared statement and a notice after it still line up.
+    // COPY in both directions inside transaction pooling.
+    let sink = c
+        .copy_in("COPY items (id, note) FROM STDIN")
+        .await
+        .expect("copy in");
+    let mut sink = std::pin::pin!(sink);
+    for i in 0..5000 {
+        futures_util::SinkExt::send(&mut sink, bytes::Bytes::from(format!("{i}\tnote {i}\n")))
+            .await
+            .expect("copy row");
+    }
+    assert_eq!(sink.as_mut().finish().await.expect("copy done"), 5000);
+    let out = c
+        .copy_out("COPY (SELECT id FROM items ORDER BY id) TO STDOUT")
+        .await
+        .expect("copy out");
+    let chunks: Vec<_> = futures_util::StreamExt::collect(out).await;
+    let text: Vec<u8> = chunks
+        .into_iter()
+        .flat_map(|c| c.expect("chunk").to_vec())
+        .collect();
+    assert_eq!(text.iter().filter(|&&b| b == b'\n').count(), 5000);
+    // A prepared statement after all that still lines up.
     let s = c.prepare("SELECT $1::text").await.expect("prepare");
     assert_eq!(
         c.query_one(&s, &[&"after"])

@@ -245,8 +245,13 @@ impl<'a> TxnSession<'a> {
             return;
         };
         let cancelled = self.key.detach();
-        // A pinned connection carries state of this client's: it is closed, never handed on.
-        let clean = self.expect.is_empty() && self.last_status == b'I' && self.pinned.is_none();
+        // A pinned connection carries state of this client's, and one that got only part of a
+        // message would read the next client's bytes as the rest: both are closed.
+        let clean = self.expect.is_empty()
+            && self.last_status == b'I'
+            && self.pinned.is_none()
+            && self.client_stream_left == 0
+            && self.sout.is_empty();
         if clean && !cancelled && !self.poisoned {
             conn.give_back();
         }

@@ -594,3 +594,24 @@ async fn large_results_and_copies_stream_through_transaction_mode() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_message_never_hands_a_half_message_on() {
+    let (proxy, slug) = txn_proxy("", "pool_size = 1").await;
+    let addr = proxy.addrs[0];
+    let mut raw = RawClient::login(addr, "app", &slug).await;
+    // The header of a 1,000-byte CopyData (which Postgres reads whole, then ignores outside a
+    // COPY) and only part of its body: the backend waits for the rest.
+    let mut partial = vec![b'd'];
+    partial.extend_from_slice(&1000u32.to_be_bytes());
+    partial.extend_from_slice(&[7u8; 100]);
+    raw.send(&partial).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(raw);
+    let c = connect(addr, "app", &slug).await.expect("next client");
+    let name = tokio::time::timeout(Duration::from_secs(10), whoami(&c))
+        .await
+        .expect("the next client is not fed to a half-read message");
+    assert_eq!(name, slug);
+    proxy.shutdown().await;
+}

@@ -6,7 +6,6 @@ use std::ops::ControlFlow;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pgtenant::config::{PoolDefaults, ResolveStrategy, ServerConfig, TenantConfig};
-use pgtenant::error::Secret;
 use pgtenant::protocol::frame::FrameScanner;
 use pgtenant::protocol::startup;
 use pgtenant::tenant::resolve::resolve;
@@ -77,25 +76,14 @@ fn snapshot_lookup(c: &mut Criterion) {
         host: "127.0.0.1".into(),
         port: 5432,
         user: "u".into(),
-        password: Secret::default(),
-        max_connections: None,
+        ..Default::default()
     }];
     let tenants: Vec<TenantConfig> = (0..100_000)
         .map(|i| TenantConfig {
             slug: format!("tenant-{i}"),
             server: "s".into(),
-            database: None,
             status: "active".into(),
-            backend_user: None,
-            backend_password: None,
-            pool_mode: None,
-            pool_size: None,
-            max_client_connections: None,
-            min_idle: None,
-            idle_timeout_ms: None,
-            max_lifetime_ms: None,
-            checkout_timeout_ms: None,
-            users: vec![],
+            ..Default::default()
         })
         .collect();
     let (snap, _) = Snapshot::build(

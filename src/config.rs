@@ -220,7 +220,7 @@ fn default_reload_interval() -> u64 {
 }
 
 /// A backend server of the embedded catalog.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Name tenants refer to.
@@ -245,8 +245,9 @@ fn default_pg_port() -> u16 {
     5432
 }
 
-/// A tenant of the embedded catalog.
-#[derive(Debug, Clone, Deserialize)]
+/// A tenant of the embedded catalog. (`Default` leaves the required fields empty: for code
+/// that builds rows field by field.)
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// The routing key clients name.

@@ -82,53 +82,71 @@ pub struct BackendConn {
 }
 
 impl BackendConn {
-    /// Connects and logs in to `target`, all within `limit`.
+    /// Connects and logs in to `target`, all within `limit`; the connection retires once it
+    /// is `lifetime` old.
     pub async fn connect(
         target: &BackendTarget,
         limit: Duration,
+        lifetime: Duration,
     ) -> Result<BackendConn, BackendError> {
         timeout(limit, async {
-            let stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
+            let mut stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
             stream.set_nodelay(true)?;
             let addr = stream.peer_addr()?;
-            let mut stream = stream;
             let login = login(&mut stream, target).await?;
-            let now = Instant::now();
-            Ok(BackendConn {
+            Ok(BackendConn::new(
                 stream,
-                params: login.params,
-                pid: login.pid,
-                secret: login.secret.into(),
                 addr,
-                created: now,
-                idle_since: now,
-                retire_at: now + Duration::from_secs(365 * 24 * 3600),
-                probe_at: now,
-                statements: BackendStatements::default(),
-                settings_fingerprint: 0,
-            })
+                login.params,
+                login.pid,
+                login.secret.into(),
+                lifetime,
+            ))
         })
         .await
         .map_err(|_| BackendError::Timeout(limit))?
     }
 
-    /// A connection over `stream` with no login, for unit tests of the pool.
-    #[cfg(test)]
-    pub fn for_tests(stream: TcpStream) -> BackendConn {
+    fn new(
+        stream: TcpStream,
+        addr: SocketAddr,
+        params: Vec<(String, String)>,
+        pid: i32,
+        secret: std::sync::Arc<[u8]>,
+        lifetime: Duration,
+    ) -> BackendConn {
         let now = Instant::now();
         BackendConn {
-            addr: stream.peer_addr().expect("peer"),
             stream,
-            params: Vec::new(),
-            pid: 0,
-            secret: std::sync::Arc::from(&[0u8; 4][..]),
+            params,
+            pid,
+            secret,
+            addr,
             created: now,
             idle_since: now,
-            retire_at: now + Duration::from_secs(365 * 24 * 3600),
+            // A lifetime too long to add is as good as none.
+            retire_at: now
+                .checked_add(lifetime)
+                .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600)),
             probe_at: now,
             statements: BackendStatements::default(),
             settings_fingerprint: 0,
         }
+    }
+
+    /// A connection over `stream` with no login, for unit tests of the pool.
+    #[cfg(test)]
+    pub fn for_tests(stream: TcpStream) -> BackendConn {
+        let addr = stream.peer_addr().expect("peer");
+        let secret = std::sync::Arc::from(&[0u8; 4][..]);
+        BackendConn::new(
+            stream,
+            addr,
+            Vec::new(),
+            0,
+            secret,
+            Duration::from_secs(3600),
+        )
     }
 
     /// Runs `sql` with the simple protocol and reads up to ReadyForQuery, recording any

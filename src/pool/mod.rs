@@ -216,9 +216,12 @@ impl TenantPool {
                     pool: self.clone(),
                     returned: false,
                 };
-                let mut conn =
-                    BackendConn::connect(&self.target, self.settings.connect_timeout).await?;
-                conn.retire_at = retire_at(conn.created, self.settings.max_lifetime);
+                let conn = BackendConn::connect(
+                    &self.target,
+                    self.settings.connect_timeout,
+                    self.settings.max_lifetime,
+                )
+                .await?;
                 tracing::debug!(tenant = %self.tenant, backend = ?self.target, pid = conn.pid, "backend connection opened");
                 guard.conn = Some(conn);
                 return Ok(guard);
@@ -261,11 +264,15 @@ impl TenantPool {
             }
             let pool = self.clone();
             tokio::spawn(async move {
-                match BackendConn::connect(&pool.target, pool.settings.connect_timeout).await {
-                    Ok(mut conn) => {
-                        conn.retire_at = retire_at(conn.created, pool.settings.max_lifetime);
-                        pool.server.put_back(pool.id, conn)
-                    }
+                let settings = &pool.settings;
+                match BackendConn::connect(
+                    &pool.target,
+                    settings.connect_timeout,
+                    settings.max_lifetime,
+                )
+                .await
+                {
+                    Ok(conn) => pool.server.put_back(pool.id, conn),
                     Err(e) => {
                         pool.server.closed(pool.id);
                         tracing::warn!(tenant = %pool.tenant, error = %e, "could not open a min_idle connection")
@@ -274,13 +281,6 @@ impl TenantPool {
             });
         }
     }
-}
-
-/// When a connection made at `created` reaches `lifetime` (far in the future if that overflows).
-fn retire_at(created: Instant, lifetime: Duration) -> Instant {
-    created
-        .checked_add(lifetime)
-        .unwrap_or_else(|| created + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// A queued checkout; withdraws itself from the queue if dropped or timed out.

@@ -55,17 +55,22 @@ pub fn settings_sql<'a>(
         if current(name) == Some(value.as_str()) {
             continue;
         }
-        sql.push_str("SET ");
-        sql.push_str(name);
-        sql.push_str(" TO ");
-        push_literal(&mut sql, value);
+        push_set(&mut sql, name, value);
         sql.push(';');
     }
     sql
 }
 
+/// Appends `SET name TO 'value'` (name already validated as a setting name).
+pub(crate) fn push_set(sql: &mut String, name: &str, value: &str) {
+    sql.push_str("SET ");
+    sql.push_str(name);
+    sql.push_str(" TO ");
+    push_literal(sql, value);
+}
+
 /// Appends `value` as an E'' literal, which means the same whatever standard_conforming_strings is.
-pub(crate) fn push_literal(sql: &mut String, value: &str) {
+fn push_literal(sql: &mut String, value: &str) {
     sql.push_str("E'");
     for c in value.chars() {
         match c {

@@ -233,13 +233,15 @@ impl Relay {
     }
 }
 
-/// Which of the four operations are parked on a wake-up within one poll of the relay.
+/// Which of the four socket operations are parked on a wake-up within one poll of a relay
+/// (this one or the transaction-mode session's): polling them again before returning would only
+/// repeat the registration.
 #[derive(Default)]
-struct Waiting {
-    client_read: bool,
-    client_write: bool,
-    server_read: bool,
-    server_write: bool,
+pub(super) struct Waiting {
+    pub(super) client_read: bool,
+    pub(super) client_write: bool,
+    pub(super) server_read: bool,
+    pub(super) server_write: bool,
 }
 
 enum WriteOutcome {

@@ -10,7 +10,7 @@
 
 use std::hash::{Hash, Hasher};
 
-use super::params::push_literal;
+use super::params::push_set;
 
 /// What a statement means for pooling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,9 +59,6 @@ pub fn classify(sql: &[u8]) -> Classified {
         return Classified::Pins(what);
     }
     if multi {
-        if into_temp(trimmed) {
-            return Classified::Pins("a temporary table");
-        }
         let mut all = split_statements(trimmed);
         return match (all.next(), all.next()) {
             (Some(one), None) => classify_one(one),
@@ -69,14 +66,7 @@ pub fn classify(sql: &[u8]) -> Classified {
             (Some(_), Some(_)) => Classified::Multi,
         };
     }
-    let one = skip_space_and_comments(trimmed);
-    let class = classify_one(one);
-    let first = Words(one).next_keyword().unwrap_or_default();
-    if class == Classified::Plain && (is(first, b"select") || is(first, b"with")) && into_temp(one)
-    {
-        return Classified::Pins("a temporary table");
-    }
-    class
+    classify_one(skip_space_and_comments(trimmed))
 }
 
 /// Session-level advisory locks and `set_config`, which only appear as function calls; found
@@ -146,6 +136,13 @@ fn classify_one(stmt: &[u8]) -> Classified {
     let Some(first) = words.next_keyword() else {
         return Classified::Plain;
     };
+    if is(first, b"select") || is(first, b"with") {
+        return if into_temp(stmt) {
+            Classified::Pins("a temporary table")
+        } else {
+            Classified::Plain
+        };
+    }
     // Most statements start with none of the keywords below; word length rules out most.
     let candidates: &[&[u8]] = match first.len() {
         3 => &[b"set"],
@@ -343,10 +340,7 @@ impl Settings {
     /// Records `SET name TO value`.
     pub fn set_value(&mut self, name: &str, value: &str) {
         let mut sql = String::with_capacity(name.len() + value.len() + 12);
-        sql.push_str("SET ");
-        sql.push_str(name);
-        sql.push_str(" TO ");
-        push_literal(&mut sql, value);
+        push_set(&mut sql, name, value);
         self.put(name.to_ascii_lowercase(), sql);
     }
 
@@ -502,6 +496,8 @@ mod tests {
         assert_eq!(all[1].0, Classified::Plain);
         assert_eq!(all[2].0, Classified::Pins("LISTEN"));
         assert_eq!(c("SELECT 1; SET search_path TO x"), Classified::Multi);
+        let temp: Vec<_> = statements(b"SELECT 1; SELECT * INTO TEMP t FROM u").collect();
+        assert_eq!(temp[1].0, Classified::Pins("a temporary table"));
         assert_eq!(c("INSERT INTO t VALUES (1); SELECT 1"), Classified::Multi);
         assert_eq!(c("SELECT 1;"), Classified::Plain);
     }

@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::cancel::{CancelKey, CancelTarget};
 use super::prepared::{self, ClientStatements, MAX_STATEMENTS_PER_CLIENT, Statement};
+use super::relay::Waiting;
 use super::tracking::{Classified, Settings, classify, statements};
 use crate::config::SessionStatePolicy;
 use crate::error::ClientError;
@@ -172,15 +173,6 @@ pub struct TxnSession<'a> {
     skipping: bool,
     poisoned: bool,
     client_done: bool,
-}
-
-/// Which socket operations are parked on a wake-up within one poll.
-#[derive(Default)]
-struct Waiting {
-    client_read: bool,
-    client_write: bool,
-    server_read: bool,
-    server_write: bool,
 }
 
 impl<'a> TxnSession<'a> {
@@ -1034,13 +1026,9 @@ impl<'a> TxnSession<'a> {
     /// Decides what one backend message (header at the front of `sin`; whole if decoded) does
     /// to the queue and whether it reaches the client.
     fn server_message(&mut self, tag: u8, len: usize) -> Result<ServerAction, TxnEnd> {
-        let front_owner = match self.expect.front() {
-            Some(Expect::Reply { owner, .. }) => Some(*owner),
-            _ => None,
-        };
-        let front_reply = match self.expect.front() {
-            Some(Expect::Reply { reply, .. }) => Some(*reply),
-            _ => None,
+        let (front_reply, front_owner) = match self.expect.front() {
+            Some(Expect::Reply { reply, owner, .. }) => (Some(*reply), Some(*owner)),
+            _ => (None, None),
         };
         let own = |o: Option<Owner>| {
             if o == Some(Owner::Client) || o.is_none() {

@@ -150,7 +150,6 @@ fn build_tenant(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Secret;
 
     fn server(name: &str) -> ServerConfig {
         ServerConfig {
@@ -158,8 +157,7 @@ mod tests {
             host: "h".into(),
             port: 5432,
             user: "u".into(),
-            password: Secret::default(),
-            max_connections: None,
+            ..Default::default()
         }
     }
 
@@ -167,18 +165,9 @@ mod tests {
         TenantConfig {
             slug: slug.into(),
             server: server.into(),
-            database: None,
             status: "active".into(),
-            backend_user: None,
-            backend_password: None,
-            pool_mode: None,
             pool_size: Some(3),
-            max_client_connections: None,
-            min_idle: None,
-            idle_timeout_ms: None,
-            max_lifetime_ms: None,
-            checkout_timeout_ms: None,
-            users: vec![],
+            ..Default::default()
         }
     }
 

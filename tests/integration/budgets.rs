@@ -6,8 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use pgtenant::localpg::LocalCluster;
-
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,16 +120,7 @@ async fn two_hundred_clients_of_three_tenants_share_ten_connections_fairly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_goes_away_fails_only_its_tenants_who_recover_when_it_returns() {
     let bed = bed();
-    let opts = cluster_options();
-    let mut own = tokio::task::spawn_blocking(move || LocalCluster::start(&opts))
-        .await
-        .expect("task")
-        .expect("cluster");
-    let lost = Server {
-        name: "server_lost",
-        port: own.port,
-    };
-    create_roles(&lost).await;
+    let (mut own, lost) = own_server("server_lost").await;
     let (on_lost, on_a) = (unique("onlost"), unique("ona"));
     create_tenant_db(&lost, &on_lost).await;
     create_tenant_db(&bed.a, &on_a).await;
@@ -154,13 +143,7 @@ async fn a_server_that_goes_away_fails_only_its_tenants_who_recover_when_it_retu
     assert_eq!(whoami(&idle).await, on_lost);
     assert_eq!(busy.query("BEGIN").await.1, b'T', "mid-transaction");
 
-    let opts = cluster_options();
-    own = tokio::task::spawn_blocking(move || {
-        own.stop();
-        own
-    })
-    .await
-    .expect("stop");
+    own = stop_own(own).await;
     // The client mid-transaction hears the server's own words, relayed as they came.
     let (tag, body) = busy.read().await;
     assert_eq!(tag, b'E');
@@ -180,12 +163,7 @@ async fn a_server_that_goes_away_fails_only_its_tenants_who_recover_when_it_retu
         assert_eq!(whoami(&a).await, on_a);
     }
 
-    own = tokio::task::spawn_blocking(move || {
-        own.restart(&opts).expect("server restarts");
-        own
-    })
-    .await
-    .expect("restart");
+    own = restart_own(own).await;
     assert!(
         eventually(Duration::from_secs(15), || async {
             match connect(addr, "app", &on_lost).await {

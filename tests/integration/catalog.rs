@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use pgtenant::localpg::LocalCluster;
-
 use crate::support::*;
 
 async fn proxy_on_catalog(url: &str, extra: &str) -> pgtenant::server::ProxyHandle {
@@ -142,15 +140,7 @@ async fn paused_tenant_clients_wait_and_proceed_on_resume() {
 async fn known_tenants_keep_working_while_the_catalog_is_down_and_it_reconnects() {
     let bed = bed();
     // A catalog cluster of this test's own, since it gets stopped.
-    let opts = cluster_options();
-    let mut own = tokio::task::spawn_blocking(move || LocalCluster::start(&opts))
-        .await
-        .expect("task")
-        .expect("cluster");
-    let cat_server = Server {
-        name: "own_catalog",
-        port: own.port,
-    };
+    let (mut own, cat_server) = own_server("own_catalog").await;
     let url = create_catalog(&cat_server, &[&bed.a]).await;
     let slug = unique("outage");
     create_tenant_db(&bed.a, &slug).await;
@@ -162,13 +152,7 @@ async fn known_tenants_keep_working_while_the_catalog_is_down_and_it_reconnects(
     let addr = proxy.addrs[0];
     assert!(routes_to(addr, &slug, &slug).await);
 
-    let opts = cluster_options();
-    own = tokio::task::spawn_blocking(move || {
-        own.stop();
-        own
-    })
-    .await
-    .expect("stop");
+    own = stop_own(own).await;
     // Give the proxy time to notice and fail a reconnect or two.
     assert!(
         eventually(Duration::from_secs(10), || async {
@@ -184,12 +168,7 @@ async fn known_tenants_keep_working_while_the_catalog_is_down_and_it_reconnects(
         );
     }
 
-    own = tokio::task::spawn_blocking(move || {
-        own.restart(&opts).expect("catalog restarts");
-        own
-    })
-    .await
-    .expect("restart");
+    own = restart_own(own).await;
     let slug2 = unique("after");
     create_tenant_db(&bed.a, &slug2).await;
     let cat = connect_url(&url).await.expect("catalog back");

@@ -8,18 +8,6 @@ async fn tenant_proxy() -> (pgtenant::server::ProxyHandle, String) {
     single_tenant_proxy("scram-sha-256", "", "").await
 }
 
-fn run(cmd: &mut Command) -> (bool, String, String) {
-    let out = cmd
-        .env("PGPASSWORD", PASSWORD)
-        .output()
-        .expect("client program runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_queries_copies_and_sees_notices() {
     let (proxy, slug) = tenant_proxy().await;
@@ -132,17 +120,9 @@ impl StdinStr for Command {
     }
 }
 
-/// Where Debian's libpostgresql-jdbc-java puts the driver (.ci/run installs it).
-const JDBC_JAR: &str = "/usr/share/java/postgresql.jar";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jdbc_connects_and_uses_server_side_prepares() {
     let (proxy, slug) = tenant_proxy().await;
-    assert!(
-        std::path::Path::new(JDBC_JAR).exists(),
-        "{JDBC_JAR} missing: .ci/run installs libpostgresql-jdbc-java"
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
     // prepareThreshold=1: the driver switches to named server-side statements at once.
     let source = format!(
         r#"
@@ -170,15 +150,7 @@ public class Probe {{
 "#,
         port = proxy.addrs[0].port()
     );
-    std::fs::write(dir.path().join("Probe.java"), source).expect("source");
-    let (ok, _, err) =
-        run(Command::new("javac")
-            .current_dir(dir.path())
-            .args(["-cp", JDBC_JAR, "Probe.java"]));
-    assert!(ok, "javac: {err}");
-    let cp = format!("{JDBC_JAR}:{}", dir.path().display());
-    let (ok, out, err) = run(Command::new("java").args(["-cp", &cp, "Probe"]));
-    assert!(ok, "JDBC probe failed: {err}");
+    let out = run_jdbc_program("Probe", &source);
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
         vec![slug.as_str(), "server-prepared"]

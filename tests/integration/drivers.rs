@@ -5,10 +5,6 @@
 use std::process::Command;
 
 use crate::support::*;
-use crate::transaction::run;
-
-/// Where Debian's libpostgresql-jdbc-java puts the driver.
-const JDBC_JAR: &str = "/usr/share/java/postgresql.jar";
 
 /// A transaction-mode tenant with 3 connections for 8 clients.
 async fn txn_tenant() -> (pgtenant::server::ProxyHandle, String, u16) {
@@ -126,11 +122,6 @@ Promise.all([...Array(8).keys()].map(client)).then(() => console.log('ok'), (e) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jdbc_server_side_prepares_work_in_transaction_mode() {
     let (proxy, slug, port) = txn_tenant().await;
-    assert!(
-        std::path::Path::new(JDBC_JAR).exists(),
-        "{JDBC_JAR} missing: .ci/run installs libpostgresql-jdbc-java"
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
     // The default prepareThreshold (5): the driver switches to named server-side statements
     // after five executions of a PreparedStatement.
     let source = format!(
@@ -183,15 +174,7 @@ public class TxnProbe {{
 }}
 "#
     );
-    std::fs::write(dir.path().join("TxnProbe.java"), source).expect("source");
-    let (ok, _, err) =
-        run(Command::new("javac")
-            .current_dir(dir.path())
-            .args(["-cp", JDBC_JAR, "TxnProbe.java"]));
-    assert!(ok, "javac: {err}");
-    let cp = format!("{JDBC_JAR}:{}", dir.path().display());
-    let (ok, out, err) = run(Command::new("java").args(["-cp", &cp, "TxnProbe"]));
-    assert!(ok, "JDBC: {err}");
+    let out = run_jdbc_program("TxnProbe", &source);
     assert_eq!(out.trim(), "server-prepared");
     proxy.shutdown().await;
 }

@@ -9,13 +9,6 @@ async fn one_tenant(pool: &str) -> (pgtenant::server::ProxyHandle, String) {
     single_tenant_proxy("scram-sha-256", "", pool).await
 }
 
-async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
-    c.query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pid")
-        .get(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_state_does_not_survive_to_the_next_client() {
     let (proxy, slug) = one_tenant("pool_size = 1").await;
@@ -163,13 +156,7 @@ async fn a_full_pool_answers_53300_after_the_checkout_timeout() {
     let e = connect(addr, "app", &slug)
         .await
         .expect_err("no connection free");
-    let db = e.as_db_error().expect("db error");
-    assert_eq!(db.code().code(), "53300");
-    assert!(
-        db.message().contains(&slug) && db.message().contains("pool size 1"),
-        "{}",
-        db.message()
-    );
+    assert_pool_exhausted(&e, &slug, "pool size 1");
     drop(holder);
     assert!(
         eventually(Duration::from_secs(5), || async {

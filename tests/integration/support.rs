@@ -87,6 +87,98 @@ pub fn start_server(name: &'static str) -> Server {
     server
 }
 
+/// A cluster of a test's own, for a test that stops and restarts it, with the backend roles.
+/// Returns it with its [`Server`] handle; dropping the cluster removes it.
+pub async fn own_server(name: &'static str) -> (LocalCluster, Server) {
+    let opts = cluster_options();
+    let cluster = tokio::task::spawn_blocking(move || LocalCluster::start(&opts))
+        .await
+        .expect("task")
+        .expect("cluster starts");
+    let server = Server {
+        name,
+        port: cluster.port,
+    };
+    create_roles(&server).await;
+    (cluster, server)
+}
+
+/// Stops a test's own cluster (fast shutdown), keeping its data for [`restart_own`].
+pub async fn stop_own(mut cluster: LocalCluster) -> LocalCluster {
+    tokio::task::spawn_blocking(move || {
+        cluster.stop();
+        cluster
+    })
+    .await
+    .expect("stop")
+}
+
+/// Starts a stopped cluster again on its port.
+pub async fn restart_own(mut cluster: LocalCluster) -> LocalCluster {
+    tokio::task::spawn_blocking(move || {
+        cluster
+            .restart(&cluster_options())
+            .expect("cluster restarts");
+        cluster
+    })
+    .await
+    .expect("restart")
+}
+
+/// Runs a client program with the test password in `PGPASSWORD`: (success, stdout, stderr).
+pub fn run(cmd: &mut std::process::Command) -> (bool, String, String) {
+    let out = cmd
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .expect("client program runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Where Debian's libpostgresql-jdbc-java puts the driver (.ci/run installs it).
+pub const JDBC_JAR: &str = "/usr/share/java/postgresql.jar";
+
+/// Compiles the Java class `class` from `source` against the JDBC driver and runs it; returns
+/// its standard output, failing the test if either step fails.
+pub fn run_jdbc_program(class: &str, source: &str) -> String {
+    assert!(
+        std::path::Path::new(JDBC_JAR).exists(),
+        "{JDBC_JAR} missing: .ci/run installs libpostgresql-jdbc-java"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join(format!("{class}.java")), source).expect("source");
+    let (ok, _, err) = run(std::process::Command::new("javac")
+        .current_dir(dir.path())
+        .args(["-cp", JDBC_JAR, &format!("{class}.java")]));
+    assert!(ok, "javac: {err}");
+    let cp = format!("{JDBC_JAR}:{}", dir.path().display());
+    let (ok, out, err) = run(std::process::Command::new("java").args(["-cp", &cp, class]));
+    assert!(ok, "{class} failed: {err}");
+    out
+}
+
+/// The backend process id serving `c` right now.
+pub async fn backend_pid(c: &Client) -> i32 {
+    c.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0)
+}
+
+/// Asserts a FATAL 53300 whose message names the tenant and `limit` (e.g. "pool size 1").
+pub fn assert_pool_exhausted(e: &tokio_postgres::Error, slug: &str, limit: &str) {
+    let db = e.as_db_error().expect("db error");
+    assert_eq!(db.code().code(), "53300");
+    assert!(
+        db.message().contains(slug) && db.message().contains(limit),
+        "{}",
+        db.message()
+    );
+}
+
 /// Creates the three backend roles on a fresh cluster.
 pub async fn create_roles(server: &Server) {
     let c = server.superuser("postgres").await;

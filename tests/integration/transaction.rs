@@ -21,25 +21,6 @@ async fn txn_proxy(
     .await
 }
 
-async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
-    c.query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pid")
-        .get(0)
-}
-
-pub fn run(cmd: &mut Command) -> (bool, String, String) {
-    let out = cmd
-        .env("PGPASSWORD", PASSWORD)
-        .output()
-        .expect("client program runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_share_one_connection_between_transactions() {
     let (proxy, slug) = txn_proxy("", "pool_size = 1\ncheckout_timeout_ms = 5000").await;
@@ -83,13 +64,7 @@ async fn a_client_waiting_past_the_checkout_timeout_gets_53300() {
         .batch_execute("SELECT 1")
         .await
         .expect_err("no connection");
-    let db = e.as_db_error().expect("db error");
-    assert_eq!(db.code().code(), "53300");
-    assert!(
-        db.message().contains(&slug) && db.message().contains("pool size 1"),
-        "{}",
-        db.message()
-    );
+    assert_pool_exhausted(&e, &slug, "pool size 1");
     a.batch_execute("COMMIT").await.expect("a goes on");
     proxy.shutdown().await;
 }
@@ -505,6 +480,30 @@ mod raw {
         c.send(&msg).await;
         let (tags, codes, _) = c.until_ready().await;
         assert_eq!((tags, codes), (b"12DC".to_vec(), vec![]));
+        proxy.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn describe_works_on_a_connection_that_has_not_seen_the_statement() {
+        // One connection that keeps one statement: preparing s2 closes s1 on the backend.
+        let (proxy, slug) = txn_proxy(
+            "[pool]\nprepared_statements_per_connection = 1",
+            "pool_size = 1",
+        )
+        .await;
+        let mut c = RawClient::login(proxy.addrs[0], "app", &slug).await;
+        let mut msg = parse("s1", "SELECT name FROM whoami");
+        msg.extend_from_slice(&parse("s2", "SELECT 2"));
+        msg.extend_from_slice(&sync());
+        c.send(&msg).await;
+        assert_eq!(c.until_ready().await, (b"11".to_vec(), vec![], b'I'));
+        // Describe s1: the proxy prepares it there again, and only the client's replies show.
+        let mut msg = bytes::BytesMut::new();
+        frontend::describe(b'S', "s1", &mut msg).expect("describe");
+        msg.extend_from_slice(&sync());
+        c.send(&msg).await;
+        let (tags, codes, status) = c.until_ready().await;
+        assert_eq!((tags, codes, status), (b"tT".to_vec(), vec![], b'I'));
         proxy.shutdown().await;
     }
 

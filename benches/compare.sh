@@ -94,7 +94,7 @@ run_row() { # target port pid row
   local before=0 after=0
   [ "$pid" != "-" ] && before=$(ticks "$pid")
   if [ -n "${PROFILE:-}" ] && [ "$name" = "$PROFILE" ] && [ "$label" = "${PROFILE_ROW:-session-simple}" ]; then
-    perf record -q -e cpu-clock -g -p "$pid" -o "/tmp/perf-$name.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+    perf record -q -e "${PERF_EVENT:-cpu-clock}" -g -p "$pid" -o "/tmp/perf-$name.data" -- sleep "$DURATION" >/dev/null 2>&1 &
   fi
   if [ -n "${STRACE:-}" ] && [ "$pid" != "-" ] && [ "$label" = "${STRACE_ROW:-session-simple}" ]; then
     timeout 3 strace ${STRACE_ARGS:--c} -f -p "$pid" -o "/tmp/strace-$name.txt" >/dev/null 2>&1 &

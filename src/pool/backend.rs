@@ -3,7 +3,9 @@
 //! with a Terminate when dropped.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::clock::{self, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
@@ -11,6 +13,7 @@ use tokio::time::timeout;
 
 use crate::auth::backend::{BackendLoginError, login, set_param};
 use crate::protocol::{TxStatus, messages};
+use crate::session::cancel::CancelTarget;
 use crate::session::prepared::BackendStatements;
 use crate::tenant::BackendTarget;
 use crate::wire::{self, take_cstr};
@@ -61,14 +64,9 @@ pub struct BackendConn {
     pub stream: TcpStream,
     /// ParameterStatus values as the backend last reported them.
     pub params: Vec<(String, String)>,
-    /// The backend's own cancel key.
-    pub pid: i32,
-    /// The backend's own cancel secret.
-    pub secret: std::sync::Arc<[u8]>,
-    /// Peer address, where cancel requests go.
-    pub addr: SocketAddr,
-    /// Opened at.
-    pub created: Instant,
+    /// Where a client's cancel for this connection goes: address, process id and secret, made
+    /// once and shared with whichever client holds the connection.
+    pub cancel: std::sync::Arc<CancelTarget>,
     /// Returned to the pool at.
     pub idle_since: Instant,
     /// Closed instead of reused from this moment (its pool's max lifetime after `created`).
@@ -88,20 +86,20 @@ impl BackendConn {
         target: &BackendTarget,
         limit: Duration,
         lifetime: Duration,
-    ) -> Result<BackendConn, BackendError> {
+    ) -> Result<Box<BackendConn>, BackendError> {
         timeout(limit, async {
             let mut stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
             stream.set_nodelay(true)?;
             let addr = stream.peer_addr()?;
             let login = login(&mut stream, target).await?;
-            Ok(BackendConn::new(
+            Ok(Box::new(BackendConn::new(
                 stream,
                 addr,
                 login.params,
                 login.pid,
                 login.secret.into(),
                 lifetime,
-            ))
+            )))
         })
         .await
         .map_err(|_| BackendError::Timeout(limit))?
@@ -115,19 +113,13 @@ impl BackendConn {
         secret: std::sync::Arc<[u8]>,
         lifetime: Duration,
     ) -> BackendConn {
-        let now = Instant::now();
+        let now = clock::now();
         BackendConn {
             stream,
             params,
-            pid,
-            secret,
-            addr,
-            created: now,
+            cancel: std::sync::Arc::new(CancelTarget { addr, pid, secret }),
             idle_since: now,
-            // A lifetime too long to add is as good as none.
-            retire_at: now
-                .checked_add(lifetime)
-                .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600)),
+            retire_at: clock::after(now, lifetime),
             probe_at: now,
             statements: BackendStatements::default(),
             settings_fingerprint: 0,
@@ -136,17 +128,17 @@ impl BackendConn {
 
     /// A connection over `stream` with no login, for unit tests of the pool.
     #[cfg(test)]
-    pub fn for_tests(stream: TcpStream) -> BackendConn {
+    pub fn for_tests(stream: TcpStream) -> Box<BackendConn> {
         let addr = stream.peer_addr().expect("peer");
         let secret = std::sync::Arc::from(&[0u8; 4][..]);
-        BackendConn::new(
+        Box::new(BackendConn::new(
             stream,
             addr,
             Vec::new(),
             0,
             secret,
             Duration::from_secs(3600),
-        )
+        ))
     }
 
     /// Runs `sql` with the simple protocol and reads up to ReadyForQuery, recording any

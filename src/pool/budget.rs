@@ -10,11 +10,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
 use super::backend::BackendConn;
+use super::clock::{self, Instant};
 
 /// Identifies one tenant pool within its server.
 pub type PoolId = u64;
@@ -47,7 +48,7 @@ const PROBE_AFTER_IDLE: Duration = Duration::from_millis(100);
 /// What a checkout is given.
 #[derive(Debug)]
 pub enum Grant {
-    /// An idle connection of the tenant (boxed: it is large, and handed over only to waiters).
+    /// An idle connection of the tenant.
     Conn(Box<BackendConn>),
     /// Leave to open a new connection; the capacity is already counted.
     Open,
@@ -72,7 +73,7 @@ struct Slot {
     /// Connections of this pool that exist or are being opened.
     open: usize,
     /// Most recently returned last.
-    idle: Vec<BackendConn>,
+    idle: Vec<Box<BackendConn>>,
     waiters: VecDeque<Waiter>,
     retired: bool,
 }
@@ -177,7 +178,7 @@ impl ServerBudget {
     }
 
     /// A live idle connection of pool `id`, if it has one.
-    pub fn take_idle(&self, id: PoolId) -> Option<BackendConn> {
+    pub fn take_idle(&self, id: PoolId) -> Option<Box<BackendConn>> {
         State::pop_idle(&mut self.lock(), id)
     }
 
@@ -186,7 +187,7 @@ impl ServerBudget {
         let mut st = self.lock();
         let st = &mut *st;
         if let Some(conn) = State::pop_idle(st, id) {
-            return Take::Now(Grant::Conn(Box::new(conn)));
+            return Take::Now(Grant::Conn(conn));
         }
         let Some(slot) = st.slots.get_mut(&id) else {
             let (_, rx) = oneshot::channel();
@@ -237,15 +238,23 @@ impl ServerBudget {
     }
 
     /// A connection of pool `id` comes back clean and reusable.
-    pub fn put_back(&self, id: PoolId, mut conn: BackendConn) {
+    pub fn put_back(&self, id: PoolId, mut conn: Box<BackendConn>) {
         let mut st = self.lock();
-        let now = Instant::now();
+        let now = clock::now();
+        let nobody_waits = st.rotation.is_empty();
         let Some(slot) = st.slots.get_mut(&id) else {
             return;
         };
         if slot.retired || slot.expired(&conn, now) {
             drop(conn);
             st.release_capacity(id);
+            return;
+        }
+        conn.idle_since = now;
+        conn.probe_at = clock::after(now, PROBE_AFTER_IDLE);
+        // The common case, on every transaction: no client of any tenant waits.
+        if nobody_waits {
+            slot.idle.push(conn);
             return;
         }
         // Budget full and another tenant below its fair share waits: capacity moves to it.
@@ -257,8 +266,6 @@ impl ServerBudget {
             st.grant_open(other);
             return;
         }
-        conn.idle_since = now;
-        conn.probe_at = now + PROBE_AFTER_IDLE;
         let mut conn = conn;
         loop {
             let Some(slot) = st.slots.get_mut(&id) else {
@@ -267,12 +274,12 @@ impl ServerBudget {
             let Some(w) = slot.waiters.pop_front() else {
                 break;
             };
-            match w.tx.send(Grant::Conn(Box::new(conn))) {
+            match w.tx.send(Grant::Conn(conn)) {
                 Ok(()) => {
                     st.rotate(id);
                     return;
                 }
-                Err(Grant::Conn(back)) => conn = *back,
+                Err(Grant::Conn(back)) => conn = back,
                 Err(Grant::Open) => return,
             }
         }
@@ -319,7 +326,7 @@ impl ServerBudget {
         let stale = slot
             .idle
             .iter()
-            .take_while(|c| now.duration_since(c.idle_since) >= idle_timeout)
+            .take_while(|c| clock::since(now, c.idle_since) >= idle_timeout)
             .count();
         let removable = stale.min(slot.idle.len().saturating_sub(min_idle));
         slot.idle.drain(..removable);
@@ -374,11 +381,11 @@ impl ServerBudget {
 impl State {
     /// Pops the most recently returned idle connection that is within its lifetime and, if it
     /// sat idle a while, still connected; the others are closed on the way.
-    fn pop_idle(st: &mut State, id: PoolId) -> Option<BackendConn> {
+    fn pop_idle(st: &mut State, id: PoolId) -> Option<Box<BackendConn>> {
         let slot = st.slots.get_mut(&id)?;
         let mut now = None;
         while let Some(conn) = slot.idle.pop() {
-            let now = *now.get_or_insert_with(Instant::now);
+            let now = *now.get_or_insert_with(clock::now);
             if slot.expired(&conn, now) || (now >= conn.probe_at && !conn.is_alive()) {
                 slot.open -= 1;
                 st.open -= 1;
@@ -515,7 +522,7 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     /// A connection to a throwaway local listener, standing in for a backend.
-    async fn fake_conn(listener: &TcpListener) -> BackendConn {
+    async fn fake_conn(listener: &TcpListener) -> Box<BackendConn> {
         let addr = listener.local_addr().expect("addr");
         let stream = TcpStream::connect(addr).await.expect("connect");
         let (_peer, _) = listener.accept().await.expect("accept");

@@ -6,11 +6,12 @@
 
 pub mod backend;
 pub mod budget;
+pub mod clock;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use backend::{BackendConn, BackendError};
 pub use budget::{BudgetUsage, ServerBudget};
@@ -207,7 +208,7 @@ impl TenantPool {
             }
         };
         let conn = match grant {
-            Grant::Conn(conn) => *conn,
+            Grant::Conn(conn) => conn,
             Grant::Open => {
                 // The guard owns the reserved capacity from here: a failed or cancelled open
                 // gives it back.
@@ -222,7 +223,7 @@ impl TenantPool {
                     self.settings.max_lifetime,
                 )
                 .await?;
-                tracing::debug!(tenant = %self.tenant, backend = ?self.target, pid = conn.pid, "backend connection opened");
+                tracing::debug!(tenant = %self.tenant, backend = ?self.target, pid = conn.cancel.pid, "backend connection opened");
                 guard.conn = Some(conn);
                 return Ok(guard);
             }
@@ -252,7 +253,7 @@ impl TenantPool {
             self.id,
             self.settings.idle_timeout,
             self.settings.min_idle as usize,
-            Instant::now(),
+            clock::now(),
         )
     }
 
@@ -326,7 +327,7 @@ impl Wait<'_> {
 impl Drop for Wait<'_> {
     fn drop(&mut self) {
         match self.withdraw() {
-            Some(Grant::Conn(conn)) => self.pool.server.put_back(self.pool.id, *conn),
+            Some(Grant::Conn(conn)) => self.pool.server.put_back(self.pool.id, conn),
             Some(Grant::Open) => self.pool.server.closed(self.pool.id),
             None => {}
         }
@@ -336,7 +337,7 @@ impl Drop for Wait<'_> {
 /// A checked-out connection. Dropping it closes the connection; [`PooledConn::release`] resets
 /// it and returns it to its pool.
 pub struct PooledConn {
-    conn: Option<BackendConn>,
+    conn: Option<Box<BackendConn>>,
     pool: Arc<TenantPool>,
     /// The capacity went back to the pool through `release` or `give_back`.
     returned: bool,

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,12 +30,22 @@ pub struct CancelTarget {
     pub secret: Arc<[u8]>,
 }
 
+/// The client holds no backend (between transactions, or before login ends).
+const DETACHED: u8 = 0;
+/// The client holds the backend in `Entry::target`.
+const ATTACHED: u8 = 1;
+/// A cancel went to the attached backend: that connection must not serve anyone else, since the
+/// signal may land after the client's query has finished.
+const CANCELLED: u8 = 2;
+
 struct Entry {
     secret: [u8; 4],
-    target: Mutex<Option<CancelTarget>>,
-    /// A cancel went to the current target: that connection must not serve anyone else, since
-    /// the signal may land after the client's query has finished.
-    cancelled: AtomicBool,
+    /// The backend the client holds while `state` says so; otherwise the last one it held.
+    target: Mutex<Option<Arc<CancelTarget>>>,
+    /// DETACHED, ATTACHED or CANCELLED. A transaction-mode client attaches and detaches once per
+    /// transaction: attaching is one uncontended lock and no allocation (targets are shared),
+    /// detaching one atomic swap.
+    state: AtomicU8,
 }
 
 /// All live client keys.
@@ -58,17 +68,20 @@ impl CancelKey {
         self.entry.secret
     }
 
-    /// Points cancels at the backend now serving the client (`None` between transactions).
-    pub fn set_target(&self, target: Option<CancelTarget>) {
-        *self.entry.target.lock().unwrap_or_else(|p| p.into_inner()) = target;
+    /// Points cancels at the backend now serving the client.
+    pub fn attach(&self, target: &Arc<CancelTarget>) {
+        let mut held = self.entry.target.lock().unwrap_or_else(|p| p.into_inner());
+        if !held.as_ref().is_some_and(|t| Arc::ptr_eq(t, target)) {
+            *held = Some(target.clone());
+        }
+        // Set while the lock is held, so a canceller never sees ATTACHED with the old target.
+        self.entry.state.store(ATTACHED, Ordering::Release);
     }
 
     /// Stops cancels reaching the current backend and tells whether one was sent to it since
-    /// it was set; such a connection is closed rather than reused.
+    /// it was attached; such a connection is closed rather than reused.
     pub fn detach(&self) -> bool {
-        let mut target = self.entry.target.lock().unwrap_or_else(|p| p.into_inner());
-        *target = None;
-        self.entry.cancelled.swap(false, Ordering::AcqRel)
+        self.entry.state.swap(DETACHED, Ordering::AcqRel) == CANCELLED
     }
 }
 
@@ -90,7 +103,7 @@ impl CancelRegistry {
         let entry = Arc::new(Entry {
             secret,
             target: Mutex::new(None),
-            cancelled: AtomicBool::new(false),
+            state: AtomicU8::new(DETACHED),
         });
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
         let pid = loop {
@@ -118,15 +131,16 @@ impl CancelRegistry {
         if secret.ct_eq(&entry.secret).unwrap_u8() == 0 {
             return None;
         }
-        let target = entry
-            .target
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if target.is_some() {
-            entry.cancelled.store(true, Ordering::Release);
+        let held = entry.target.lock().unwrap_or_else(|p| p.into_inner());
+        // Under the lock the client cannot attach elsewhere meanwhile; a detach that won the
+        // race left DETACHED, so no cancel goes out, and one that loses sees CANCELLED.
+        match entry
+            .state
+            .compare_exchange(ATTACHED, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) | Err(CANCELLED) => held.as_deref().cloned(),
+            Err(_) => None,
         }
-        target
     }
 
     /// Forwards a client's CancelRequest to the backend serving it, if the key is right.
@@ -162,17 +176,45 @@ mod tests {
     fn only_the_right_secret_finds_the_target() {
         let reg = Arc::new(CancelRegistry::default());
         let key = reg.register();
-        let target = CancelTarget {
+        let target = Arc::new(CancelTarget {
             addr: "127.0.0.1:5432".parse().expect("addr"),
             pid: 9,
             secret: Arc::from(&[1u8, 2, 3, 4][..]),
-        };
-        key.set_target(Some(target.clone()));
+        });
+        assert_eq!(
+            reg.target_for(key.pid, &key.secret()),
+            None,
+            "nothing attached"
+        );
+        key.attach(&target);
         assert!(!key.detach(), "nothing cancelled yet");
-        key.set_target(Some(target.clone()));
-        assert_eq!(reg.target_for(key.pid, &key.secret()), Some(target));
+        assert_eq!(
+            reg.target_for(key.pid, &key.secret()),
+            None,
+            "a detached client's last backend gets no cancel"
+        );
+        key.attach(&target);
+        assert_eq!(
+            reg.target_for(key.pid, &key.secret()),
+            Some((*target).clone())
+        );
+        assert_eq!(
+            reg.target_for(key.pid, &key.secret()),
+            Some((*target).clone()),
+            "a session may cancel again"
+        );
         assert!(key.detach(), "the cancelled connection is reported once");
         assert!(!key.detach());
+        let other = Arc::new(CancelTarget {
+            pid: 10,
+            ..(*target).clone()
+        });
+        key.attach(&other);
+        assert_eq!(
+            reg.target_for(key.pid, &key.secret()),
+            Some((*other).clone())
+        );
+        key.detach();
         let mut wrong = key.secret();
         wrong[0] ^= 1;
         assert_eq!(reg.target_for(key.pid, &wrong), None);

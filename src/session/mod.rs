@@ -26,7 +26,6 @@ use crate::protocol::{TxStatus, messages};
 use crate::server::Shared;
 use crate::tenant::resolve::resolve;
 use crate::tenant::{Tenant, TenantStatus};
-use cancel::CancelTarget;
 use relay::{Relay, RelayEnd};
 use state::LinkState;
 use tracking::Settings;
@@ -185,11 +184,7 @@ async fn open<C: AsyncRead + AsyncWrite + Unpin>(
     }
     let key = shared.cancels.register();
     let conn = guard.conn();
-    key.set_target(Some(CancelTarget {
-        addr: conn.addr,
-        pid: conn.pid,
-        secret: conn.secret.clone(),
-    }));
+    key.attach(&conn.cancel);
     let mut out = BytesMut::with_capacity(512);
     messages::auth_ok(&mut out);
     for (name, value) in &conn.params {
@@ -220,7 +215,7 @@ async fn close<C: AsyncWrite + Unpin>(
     link: LinkState,
 ) -> SessionEnd {
     let Opened { guard, key, .. } = opened;
-    key.set_target(None);
+    key.detach();
     let reset_timeout = Duration::from_millis(shared.config.proxy.reset_timeout_ms);
     match end {
         RelayEnd::ClientLeft => {

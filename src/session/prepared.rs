@@ -157,7 +157,7 @@ impl BackendStatements {
 
 /// Splits a NUL-terminated string off the front of `body`.
 pub fn cstr(body: &[u8]) -> Option<(&[u8], &[u8])> {
-    let end = body.iter().position(|&b| b == 0)?;
+    let end = memchr::memchr(0, body)?;
     Some((&body[..end], &body[end + 1..]))
 }
 

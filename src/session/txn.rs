@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::cancel::{CancelKey, CancelTarget};
+use super::cancel::CancelKey;
 use super::prepared::{self, ClientStatements, MAX_STATEMENTS_PER_CLIENT, Statement};
 use super::relay::Waiting;
 use super::tracking::{Classified, Settings, classify, statements};
@@ -412,11 +412,7 @@ impl<'a> TxnSession<'a> {
     /// Takes a connection into use: cancels go to it, and it gets the client's settings.
     fn attach(&mut self, mut conn: PooledConn) {
         let c = conn.conn();
-        self.key.set_target(Some(CancelTarget {
-            addr: c.addr,
-            pid: c.pid,
-            secret: c.secret.clone(),
-        }));
+        self.key.attach(&c.cancel);
         if c.settings_fingerprint != self.settings.fingerprint() {
             let sql = self.settings.apply_sql();
             c.settings_fingerprint = self.settings.fingerprint();
@@ -806,8 +802,10 @@ impl<'a> TxnSession<'a> {
     }
 
     fn query(&mut self, msg: &[u8]) -> Step {
+        // The text ends at the message's final NUL; one inside it makes the backend refuse the
+        // message anyway.
         let body = &msg[5..];
-        let sql = prepared::cstr(body).map_or(body, |(s, _)| s);
+        let sql = body.strip_suffix(&[0]).unwrap_or(body);
         let class = classify(sql);
         // DEALLOCATE of a protocol-level statement is the proxy's to answer.
         if let Classified::Deallocate(target) = &class

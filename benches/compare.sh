@@ -73,7 +73,7 @@ TENANT_PID=$(pgrep -f "pgtenant serve --config $work/pgtenant.toml" | head -1)
 pids+=("$BOUNCER_PID")
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-split_ticks() { awk '{print "user=" $14 " sys=" $15}' "/proc/$1/stat"; }
+split_ticks() { awk '{printf "user=%s sys=%s ", $14, $15}' "/proc/$1/stat"; awk '/^voluntary_ctxt_switches/ {print "switches=" $2}' "/proc/$1/status"; }
 CLK_TCK=$(getconf CLK_TCK)
 
 # pgbench arguments of a row: protocol mode, clients, and -C for the connection row.
@@ -94,7 +94,7 @@ run_row() { # target port pid row
   local before=0 after=0
   [ "$pid" != "-" ] && before=$(ticks "$pid")
   if [ -n "${PROFILE:-}" ] && [ "$name" = "$PROFILE" ] && [ "$label" = "${PROFILE_ROW:-session-simple}" ]; then
-    perf record -q -e "${PERF_EVENT:-cpu-clock}" -g -p "$pid" -o "/tmp/perf-$name.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+    perf record -q -e "${PERF_EVENT:-cpu-clock}" ${PERF_ARGS:-} -g -p "$pid" -o "/tmp/perf-$name.data" -- sleep "$DURATION" >/dev/null 2>&1 &
   fi
   if [ -n "${STRACE:-}" ] && [ "$pid" != "-" ] && [ "$label" = "${STRACE_ROW:-session-simple}" ]; then
     timeout 3 strace ${STRACE_ARGS:--c} -f -p "$pid" -o "/tmp/strace-$name.txt" >/dev/null 2>&1 &

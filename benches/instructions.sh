@@ -24,7 +24,7 @@ mode = \"${POOL_MODE:-session}\""
     "$BIN" serve --config "$work/pgtenant.toml" >"$work/valgrind.log" 2>&1 &
   local vpid=$!
   for _ in $(seq 100); do "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$port" && break; sleep 0.2; done
-  "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -S -c 4 -t "$1" bench >/dev/null 2>&1
+  "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -S ${PGBENCH_ARGS:--c 4} -t "$1" bench >/dev/null 2>&1
   kill -INT "$vpid"; wait "$vpid" || true
   [ -n "${KEEP:-}" ] && cp "$work/cg.out" "/tmp/cg-$1.out"
   callgrind_annotate "$work/cg.out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }'

@@ -149,6 +149,14 @@ impl ClientError {
         )
     }
 
+    /// The tenant was disabled or removed while this client was connected.
+    pub fn tenant_closed(tenant: &str) -> Self {
+        Self::fatal(
+            sqlstate::ADMIN_SHUTDOWN,
+            format!("terminating connection because tenant \"{tenant}\" was disabled or removed"),
+        )
+    }
+
     /// The tenant stayed paused longer than the client may wait.
     pub fn tenant_paused(tenant: &str, waited_ms: u64) -> Self {
         Self::fatal(

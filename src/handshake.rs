@@ -2,7 +2,7 @@
 //! configured), then read a StartupMessage or CancelRequest. Lengths are checked before any body
 //! is read; the caller bounds the whole exchange with the startup timeout.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::ClientError;
@@ -55,12 +55,14 @@ impl From<StartupError> for HandshakeError {
 }
 
 /// Runs the pre-authentication exchange. Not cancel-safe; call it under a timeout and drop the
-/// connection when it fires.
+/// connection when it fires. Reads through `buf`, one read per packet rather than one per field;
+/// whatever the client sent after its startup packet stays there for the login.
 pub async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
+    buf: &mut BytesMut,
 ) -> Result<Handshake, HandshakeError> {
     for _ in 0..=MAX_ENCRYPTION_REQUESTS {
-        let body = read_packet(stream).await?;
+        let body = read_packet(stream, buf).await?;
         match startup::parse(&body)? {
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
                 stream.write_all(b"N").await?
@@ -85,17 +87,36 @@ pub async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
     )))
 }
 
-async fn read_packet<S: AsyncRead + Unpin>(stream: &mut S) -> Result<BytesMut, HandshakeError> {
-    let len = stream.read_u32().await? as usize;
-    if !(8..=MAX_STARTUP_PACKET_LENGTH).contains(&len) {
-        return Err(HandshakeError::Rejected(ClientError::protocol(format!(
-            "invalid startup packet length {len}"
-        ))));
+/// Room for a whole typical startup packet in the first read.
+const FIRST_READ: usize = 256;
+
+/// One length-prefixed packet without its length word. The length is checked before the body is
+/// waited for, so `buf` stays within about twice the largest packet allowed.
+async fn read_packet<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<BytesMut, HandshakeError> {
+    loop {
+        if let Some(word) = buf.first_chunk::<4>() {
+            let len = u32::from_be_bytes(*word) as usize;
+            if !(8..=MAX_STARTUP_PACKET_LENGTH).contains(&len) {
+                return Err(HandshakeError::Rejected(ClientError::protocol(format!(
+                    "invalid startup packet length {len}"
+                ))));
+            }
+            if buf.len() >= len {
+                let mut packet = buf.split_to(len);
+                packet.advance(4);
+                return Ok(packet);
+            }
+            buf.reserve(len - buf.len());
+        } else {
+            buf.reserve(FIRST_READ);
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
     }
-    let mut body = BytesMut::with_capacity(len - 4);
-    body.put_bytes(0, len - 4);
-    stream.read_exact(&mut body).await?;
-    Ok(body)
 }
 
 #[cfg(test)]
@@ -118,7 +139,9 @@ mod tests {
             b"user\0app\0database\0acme\0\0",
         ));
         client.write_all(&input).await.expect("write");
-        let hs = negotiate(&mut server).await.expect("negotiates");
+        let hs = negotiate(&mut server, &mut BytesMut::new())
+            .await
+            .expect("negotiates");
         let mut answer = [0u8; 1];
         client.read_exact(&mut answer).await.expect("read");
         assert_eq!(&answer, b"N");
@@ -126,11 +149,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn bytes_after_the_startup_packet_are_kept_for_the_login() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let mut input = packet(crate::protocol::PROTOCOL_3_0, b"user\0app\0\0");
+        input.extend_from_slice(b"p\0\0\0\x08pw\0\0");
+        client.write_all(&input).await.expect("write");
+        let mut buf = BytesMut::new();
+        let hs = negotiate(&mut server, &mut buf).await.expect("negotiates");
+        assert!(matches!(hs, Handshake::Startup { params } if params.len() == 1));
+        assert_eq!(&buf[..], b"p\0\0\0\x08pw\0\0");
+    }
+
+    #[tokio::test]
+    async fn a_packet_split_over_many_reads_is_reassembled() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let input = packet(
+            crate::protocol::PROTOCOL_3_0,
+            b"user\0app\0database\0acme\0\0",
+        );
+        let writer = tokio::spawn(async move {
+            for byte in input {
+                client.write_all(&[byte]).await.expect("write");
+                tokio::task::yield_now().await;
+            }
+            client
+        });
+        let hs = negotiate(&mut server, &mut BytesMut::new())
+            .await
+            .expect("negotiates");
+        assert!(matches!(hs, Handshake::Startup { params } if params.len() == 2));
+        drop(writer.await);
+    }
+
+    #[tokio::test]
     async fn oversized_and_tiny_lengths_are_rejected() {
         for len in [0u32, 7, 10_001, u32::MAX] {
             let (mut client, mut server) = tokio::io::duplex(64);
             client.write_all(&len.to_be_bytes()).await.expect("write");
-            let r = negotiate(&mut server).await;
+            let r = negotiate(&mut server, &mut BytesMut::new()).await;
             assert!(
                 matches!(r, Err(HandshakeError::Rejected(e)) if e.code == "08P01"),
                 "len {len}"
@@ -145,7 +201,9 @@ mod tests {
             .write_all(&packet(0x0003_0002, b"user\0app\0_pq_.x\0y\0\0"))
             .await
             .expect("write");
-        let hs = negotiate(&mut server).await.expect("negotiates");
+        let hs = negotiate(&mut server, &mut BytesMut::new())
+            .await
+            .expect("negotiates");
         assert!(matches!(hs, Handshake::Startup { params } if params.len() == 1));
         let mut tag = [0u8; 1];
         client.read_exact(&mut tag).await.expect("read");
@@ -161,7 +219,7 @@ mod tests {
             .await
             .expect("write");
         assert!(matches!(
-            negotiate(&mut server).await,
+            negotiate(&mut server, &mut BytesMut::new()).await,
             Err(HandshakeError::Rejected(_))
         ));
     }

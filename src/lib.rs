@@ -27,6 +27,8 @@
 //! - [`localpg`]: throwaway local Postgres clusters (quickstart and tests).
 //! - [`quickstart`]: a throwaway local cluster with two demo tenants.
 //! - [`wire`]: bounded whole-message reads for the login legs.
+//! - [`provision`]: the tenant lifecycle: servers, tenants in three isolation modes, logins,
+//!   tenant migrations, all as catalog rows.
 //! - [`cli`]: the command-line surface of the `pgtenant` binary.
 
 #![deny(
@@ -45,6 +47,7 @@ pub mod handshake;
 pub mod localpg;
 pub mod pool;
 pub mod protocol;
+pub mod provision;
 pub mod quickstart;
 pub mod server;
 pub mod session;

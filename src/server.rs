@@ -18,7 +18,7 @@ use tracing::{Instrument, Span};
 use crate::config::{Config, ListenerConfig};
 use crate::error::ClientError;
 use crate::handshake::{self, Handshake, HandshakeError};
-use crate::pool::Pools;
+use crate::pool::{KickSwitch, Pools};
 use crate::protocol::messages;
 use crate::session::cancel::CancelRegistry;
 use crate::session::{self, SessionEnd, StartupRequest};
@@ -111,9 +111,12 @@ async fn run(
     let mut maint_stop = stop.clone();
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+        let mut changes = maint.catalog.subscribe();
         loop {
             tokio::select! {
                 _ = tick.tick() => maint.pools.maintain(&maint.catalog.snapshot()),
+                // A disabled tenant's clients go at once, not at the next tick.
+                Ok(()) = changes.changed() => maint.pools.kick_unservable(&maint.catalog.snapshot()),
                 _ = stopped(&mut maint_stop) => return,
             }
         }
@@ -152,7 +155,9 @@ async fn accept_loop(
                     let shared = shared.clone();
                     let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
                     let span = tracing::info_span!("client", id, %peer, tenant = tracing::field::Empty, user = tracing::field::Empty);
-                    clients.spawn(handle_client(shared, socket, cfg.clone(), span));
+                    let kick = Arc::new(KickSwitch::default());
+                    let task = handle_client(shared, socket, cfg.clone(), span, kick.clone());
+                    kick.arm(clients.spawn(task));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -175,24 +180,37 @@ async fn accept_loop(
 struct ClientSocket {
     stream: TcpStream,
     shared: Arc<Shared>,
+    kick: Arc<KickSwitch>,
 }
 
 impl Drop for ClientSocket {
     fn drop(&mut self) {
-        if self.shared.shutting_down.load(Ordering::Acquire) {
+        let reason = if self.shared.shutting_down.load(Ordering::Acquire) {
+            Some(ClientError::shutting_down())
+        } else {
+            self.kick.reason().cloned()
+        };
+        if let Some(reason) = reason {
             let mut out = BytesMut::new();
-            messages::error_response(&mut out, &ClientError::shutting_down());
+            messages::error_response(&mut out, &reason);
             let _ = self.stream.try_write(&out);
         }
     }
 }
 
 /// Serves one connection. The span wraps everything but the relay (see `session::serve`).
-async fn handle_client(shared: Arc<Shared>, socket: TcpStream, cfg: ListenerConfig, span: Span) {
+async fn handle_client(
+    shared: Arc<Shared>,
+    socket: TcpStream,
+    cfg: ListenerConfig,
+    span: Span,
+    kick: Arc<KickSwitch>,
+) {
     let _ = socket.set_nodelay(true);
     let mut client = ClientSocket {
         stream: socket,
         shared: shared.clone(),
+        kick: kick.clone(),
     };
     let socket = &mut client.stream;
     let started = tokio::time::Instant::now();
@@ -203,7 +221,8 @@ async fn handle_client(shared: Arc<Shared>, socket: TcpStream, cfg: ListenerConf
         return;
     };
     let login_deadline = started + shared.config.proxy.startup_timeout();
-    let Some(hs) = first_packets(socket, login_deadline)
+    let mut early = BytesMut::new();
+    let Some(hs) = first_packets(socket, &mut early, login_deadline)
         .instrument(span.clone())
         .await
     else {
@@ -218,6 +237,8 @@ async fn handle_client(shared: Arc<Shared>, socket: TcpStream, cfg: ListenerConf
                 params,
                 auth: cfg.auth,
                 login_deadline,
+                early,
+                kick,
             };
             let end = session::serve(&shared, socket, req, &span).await;
             let ms = started.elapsed().as_millis() as u64;
@@ -236,9 +257,10 @@ async fn handle_client(shared: Arc<Shared>, socket: TcpStream, cfg: ListenerConf
 /// The handshake under the login deadline; `None` when the client was answered or left.
 async fn first_packets(
     socket: &mut TcpStream,
+    early: &mut BytesMut,
     deadline: tokio::time::Instant,
 ) -> Option<Handshake> {
-    match tokio::time::timeout_at(deadline, handshake::negotiate(socket)).await {
+    match tokio::time::timeout_at(deadline, handshake::negotiate(socket, early)).await {
         Err(_) => {
             tracing::info!("client sent no startup packet in time");
             write_error(socket, &ClientError::protocol("startup timed out")).await;

@@ -40,7 +40,7 @@ pub enum CheckoutError {
 pub struct Pools {
     pools: Mutex<HashMap<String, Arc<TenantPool>>>,
     servers: Mutex<HashMap<String, Arc<ServerBudget>>>,
-    clients: Mutex<HashMap<String, Arc<AtomicU32>>>,
+    clients: Mutex<HashMap<String, Arc<TenantClients>>>,
     next_id: AtomicU64,
 }
 
@@ -84,24 +84,64 @@ impl Pools {
         fresh
     }
 
-    /// Counts a client of `tenant` in, or refuses it when the tenant already has `limit`.
-    pub fn admit_client(&self, tenant: &str, limit: u32) -> Option<ClientSlot> {
-        let counter = {
+    /// Counts a client of `tenant` in, or refuses it when the tenant already has `limit`. While
+    /// the slot lives, `kick` can end the client's task (see [`Pools::kick_unservable`]).
+    pub fn admit_client(
+        &self,
+        tenant: &str,
+        limit: u32,
+        kick: &Arc<KickSwitch>,
+    ) -> Option<ClientSlot> {
+        let clients = {
             let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
             clients.entry(tenant.to_owned()).or_default().clone()
         };
-        let admitted = counter
+        let admitted = clients
+            .count
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < limit).then_some(n + 1)
             })
             .is_ok();
-        admitted.then_some(ClientSlot(counter))
+        if !admitted {
+            return None;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        clients.members().insert(id, kick.clone());
+        Some(ClientSlot { clients, id })
     }
 
-    /// Periodic upkeep: retire pools of tenants gone from the catalog, close idle connections past
-    /// their idle timeout or lifetime or closed by the server, and open connections up to
-    /// `min_idle`.
+    /// Ends the tasks of connected clients whose tenant the snapshot no longer serves (disabled
+    /// or removed); each is told why with 57P01 as its socket closes.
+    pub fn kick_unservable(&self, snapshot: &Snapshot) {
+        let tenants: Vec<(String, Arc<TenantClients>)> = {
+            let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            clients
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        for (slug, clients) in tenants {
+            let servable = snapshot
+                .tenant(&slug)
+                .is_some_and(|t| t.status != TenantStatus::Disabled);
+            if servable {
+                continue;
+            }
+            let members: Vec<Arc<KickSwitch>> = clients.members().values().cloned().collect();
+            if !members.is_empty() {
+                tracing::info!(tenant = %slug, clients = members.len(), "tenant disabled or removed; disconnecting its clients");
+            }
+            for m in members {
+                m.kick(crate::error::ClientError::tenant_closed(&slug));
+            }
+        }
+    }
+
+    /// Periodic upkeep: disconnect clients of disabled tenants, retire pools of tenants gone from
+    /// the catalog, close idle connections past their idle timeout or lifetime or closed by the
+    /// server, and open connections up to `min_idle`.
     pub fn maintain(&self, snapshot: &Snapshot) {
+        self.kick_unservable(snapshot);
         let pools: Vec<Arc<TenantPool>> = {
             let mut map = self.lock();
             map.retain(|slug, pool| {
@@ -132,12 +172,58 @@ impl Pools {
     }
 }
 
-/// A client counted against its tenant's client limit until dropped.
-pub struct ClientSlot(Arc<AtomicU32>);
+/// The connected clients of one tenant.
+#[derive(Default)]
+struct TenantClients {
+    count: AtomicU32,
+    members: Mutex<HashMap<u64, Arc<KickSwitch>>>,
+}
+
+impl TenantClients {
+    fn members(&self) -> MutexGuard<'_, HashMap<u64, Arc<KickSwitch>>> {
+        self.members.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A client counted against its tenant's client limit, and reachable by
+/// [`Pools::kick_unservable`], until dropped.
+pub struct ClientSlot {
+    clients: Arc<TenantClients>,
+    id: u64,
+}
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.clients.members().remove(&self.id);
+        self.clients.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Ends one client's task from outside it, saying why. The accept loop arms it with the task's
+/// abort handle; the client's socket reads the reason as it is dropped. No cost per message.
+#[derive(Default)]
+pub struct KickSwitch {
+    abort: std::sync::OnceLock<tokio::task::AbortHandle>,
+    reason: std::sync::OnceLock<crate::error::ClientError>,
+}
+
+impl KickSwitch {
+    /// Arms the switch with the task it ends.
+    pub fn arm(&self, abort: tokio::task::AbortHandle) {
+        let _ = self.abort.set(abort);
+    }
+
+    /// Ends the task; `reason` goes to the client.
+    pub fn kick(&self, reason: crate::error::ClientError) {
+        let _ = self.reason.set(reason);
+        if let Some(a) = self.abort.get() {
+            a.abort();
+        }
+    }
+
+    /// Why the client was kicked, if it was.
+    pub fn reason(&self) -> Option<&crate::error::ClientError> {
+        self.reason.get()
     }
 }
 

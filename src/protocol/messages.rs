@@ -17,7 +17,11 @@ pub fn write_message(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMu
 
 fn put_cstr(buf: &mut BytesMut, s: &str) {
     // A NUL inside would end the field early on the peer's side; drop any.
-    buf.extend(s.bytes().filter(|&b| b != 0));
+    if memchr::memchr(0, s.as_bytes()).is_none() {
+        buf.put_slice(s.as_bytes());
+    } else {
+        buf.extend(s.bytes().filter(|&b| b != 0));
+    }
     buf.put_u8(0);
 }
 

@@ -21,7 +21,7 @@ use crate::auth::client::{AuthRequest, authenticate};
 use crate::config::AuthMethod;
 use crate::config::PoolMode;
 use crate::error::ClientError;
-use crate::pool::{BackendError, CheckoutError, ClientSlot, PooledConn};
+use crate::pool::{BackendError, CheckoutError, ClientSlot, KickSwitch, PooledConn};
 use crate::protocol::{TxStatus, messages};
 use crate::server::Shared;
 use crate::tenant::resolve::resolve;
@@ -50,6 +50,10 @@ pub struct StartupRequest {
     pub auth: AuthMethod,
     /// When login must be finished (handshake included).
     pub login_deadline: Instant,
+    /// Whatever the client sent after its startup packet.
+    pub early: BytesMut,
+    /// Ends this client's task when its tenant is disabled.
+    pub kick: Arc<KickSwitch>,
 }
 
 /// A logged-in client with its backend connection, ready to relay.
@@ -134,16 +138,17 @@ async fn serve_transactions<C: AsyncRead + AsyncWrite + Unpin>(
 async fn open<C: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
     client: &mut C,
-    req: StartupRequest,
+    mut req: StartupRequest,
 ) -> Result<Opened, SessionEnd> {
-    let mut rbuf = BytesMut::new();
+    let mut rbuf = std::mem::take(&mut req.early);
     let (tenant, settings) = match login(shared, client, &mut rbuf, &req).await {
         Ok(ok) => ok,
         Err(e) => return Err(refuse(client, e).await),
     };
-    let Some(slot) = shared
-        .pools
-        .admit_client(&tenant.slug, tenant.pool.max_client_connections)
+    let Some(slot) =
+        shared
+            .pools
+            .admit_client(&tenant.slug, tenant.pool.max_client_connections, &req.kick)
     else {
         let e = ClientError::tenant_client_limit(&tenant.slug, tenant.pool.max_client_connections);
         return Err(refuse(client, e).await);

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::support::*;
 
-async fn proxy_on_catalog(url: &str, extra: &str) -> pgtenant::server::ProxyHandle {
+pub async fn proxy_on_catalog(url: &str, extra: &str) -> pgtenant::server::ProxyHandle {
     let toml = format!(
         "{}{extra}\n[catalog]\nurl = \"{url}\"\nreload_interval_ms = 60000\n",
         listener_toml("scram-sha-256")

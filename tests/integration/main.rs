@@ -11,6 +11,7 @@ mod cli;
 mod clients;
 mod drivers;
 mod hostile;
+mod lifecycle;
 mod pooling;
 mod routing;
 mod transaction;

@@ -16,6 +16,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0002_pool_budgets.sql",
         include_str!("../../../catalog_migrations/0002_pool_budgets.sql"),
     ),
+    (
+        3,
+        "0003_lifecycle.sql",
+        include_str!("../../../catalog_migrations/0003_lifecycle.sql"),
+    ),
 ];
 
 /// Advisory lock key that serialises migration runs ("pgtenant" in ASCII).

@@ -1,5 +1,8 @@
-//! The command line: `serve`, `quickstart`, `catalog migrate` and `hash-password`. Secrets are
-//! read from the environment, a config file or standard input, never from argv.
+//! The command line: `serve`, `quickstart`, `catalog migrate`, `hash-password`, and the tenant
+//! lifecycle (`server`, `tenant`, `migrate`, in [`lifecycle`]). Secrets are read from the
+//! environment, a config file, a prompt or standard input, never from argv.
+
+pub mod lifecycle;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -42,6 +45,27 @@ pub enum Command {
         #[command(subcommand)]
         command: CatalogCommand,
     },
+    /// Servers tenants live on.
+    Server {
+        /// Server subcommand.
+        #[command(subcommand)]
+        command: lifecycle::ServerCommand,
+        /// Configuration file holding `[catalog] url` (or set PGTENANT_CATALOG_URL).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
+    /// Provision, list, manage and drop tenants.
+    Tenant {
+        /// Tenant subcommand.
+        #[command(subcommand)]
+        command: lifecycle::TenantCommand,
+        /// Configuration file holding `[catalog] url` (or set PGTENANT_CATALOG_URL).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
+    /// Apply numbered SQL files to tenants (`migrate --dir DIR --all`), or show where each
+    /// tenant stands (`migrate status`).
+    Migrate(lifecycle::MigrateArgs),
     /// Read a password on standard input and print the hash to store for a tenant user.
     HashPassword {
         /// Print an md5 hash (needs the user name) instead of a SCRAM-SHA-256 verifier.
@@ -137,6 +161,18 @@ async fn run(cli: Cli, loaded: Option<Config>) -> anyhow::Result<()> {
             println!("catalog migrated: applied versions {applied:?}");
             Ok(())
         }
+        Command::Server { command, config } => {
+            let catalog = lifecycle::catalog_client(config).await?;
+            lifecycle::server(&catalog, command).await
+        }
+        Command::Tenant { command, config } => {
+            let catalog = lifecycle::catalog_client(config).await?;
+            lifecycle::tenant(&catalog, command).await
+        }
+        Command::Migrate(args) => {
+            let catalog = lifecycle::catalog_client(args.config.clone()).await?;
+            lifecycle::migrate(&catalog, args).await
+        }
         Command::HashPassword { md5_for_user } => {
             let mut password = String::new();
             std::io::stdin()
@@ -161,7 +197,7 @@ async fn run(cli: Cli, loaded: Option<Config>) -> anyhow::Result<()> {
     }
 }
 
-fn catalog_url(config: Option<PathBuf>) -> anyhow::Result<Secret> {
+pub(crate) fn catalog_url(config: Option<PathBuf>) -> anyhow::Result<Secret> {
     if let Some(path) = config {
         let config = Config::load(&path)?;
         return config

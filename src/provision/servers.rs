@@ -1,0 +1,146 @@
+//! Servers in the catalog: add, list, remove. A server's role (`backend_user`) is the admin role
+//! pgtenant provisions with (it needs CREATEDB and CREATEROLE) and the role the proxy logs in as
+//! for tenants registered without a role of their own.
+
+use tokio_postgres::Client;
+
+use super::sql::Login;
+use super::{ProvisionError, Result};
+use crate::error::Secret;
+use crate::tenant::validate_slug;
+
+/// A server row.
+#[derive(Debug, Clone)]
+pub struct ServerRow {
+    /// Catalog name.
+    pub name: String,
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Admin role.
+    pub admin_user: String,
+    /// Its password.
+    pub admin_password: Secret,
+    /// Backend connections shared by its tenants; the proxy default when absent.
+    pub max_connections: Option<i32>,
+    /// Tenants placed on it.
+    pub tenants: i64,
+}
+
+impl ServerRow {
+    /// The admin login for provisioning on this server.
+    pub fn admin_login(&self) -> Login {
+        Login {
+            host: self.host.clone(),
+            port: self.port,
+            user: self.admin_user.clone(),
+            password: self.admin_password.clone(),
+        }
+    }
+}
+
+/// What `server add` registers.
+#[derive(Debug)]
+pub struct NewServer {
+    /// Catalog name (the slug charset).
+    pub name: String,
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Admin role.
+    pub admin_user: String,
+    /// Its password.
+    pub admin_password: Secret,
+    /// Shared backend connection budget.
+    pub max_connections: Option<i32>,
+}
+
+/// Registers a server.
+pub async fn add(catalog: &Client, s: &NewServer) -> Result<()> {
+    validate_slug(&s.name)
+        .map_err(|e| ProvisionError::Invalid(e.replace("tenant slug", "server name")))?;
+    if s.admin_user.is_empty() {
+        return Err(ProvisionError::Invalid(
+            "--admin-user must not be empty".into(),
+        ));
+    }
+    if s.max_connections.is_some_and(|n| n <= 0) {
+        return Err(ProvisionError::Invalid(
+            "--max-connections must be positive".into(),
+        ));
+    }
+    let inserted = catalog
+        .execute(
+            "INSERT INTO pgtenant.servers (name, host, port, backend_user, backend_password, max_connections)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
+            &[
+                &s.name,
+                &s.host,
+                &i32::from(s.port),
+                &s.admin_user,
+                &s.admin_password.expose(),
+                &s.max_connections,
+            ],
+        )
+        .await
+        .map_err(ProvisionError::db("registering the server in the catalog"))?;
+    if inserted == 0 {
+        return Err(ProvisionError::Exists(format!(
+            "server \"{}\" already exists",
+            s.name
+        )));
+    }
+    Ok(())
+}
+
+/// Every server with its tenant count, by name.
+pub async fn list(catalog: &Client) -> Result<Vec<ServerRow>> {
+    let rows = catalog
+        .query(
+            "SELECT s.name, s.host, s.port, s.backend_user, s.backend_password, s.max_connections,
+                    (SELECT count(*) FROM pgtenant.tenants t WHERE t.server = s.name)
+             FROM pgtenant.servers s ORDER BY s.name COLLATE \"C\"",
+            &[],
+        )
+        .await
+        .map_err(ProvisionError::db("reading servers from the catalog"))?;
+    Ok(rows
+        .iter()
+        .map(|r| ServerRow {
+            name: r.get(0),
+            host: r.get(1),
+            port: u16::try_from(r.get::<_, i32>(2)).unwrap_or(0),
+            admin_user: r.get(3),
+            admin_password: Secret::new(r.get::<_, String>(4)),
+            max_connections: r.get(5),
+            tenants: r.get(6),
+        })
+        .collect())
+}
+
+/// One server by name.
+pub async fn get(catalog: &Client, name: &str) -> Result<ServerRow> {
+    list(catalog)
+        .await?
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| ProvisionError::NotFound(format!("server \"{name}\" does not exist")))
+}
+
+/// Removes a server that holds no tenant.
+pub async fn remove(catalog: &Client, name: &str) -> Result<()> {
+    let server = get(catalog, name).await?;
+    if server.tenants > 0 {
+        return Err(ProvisionError::Refused(format!(
+            "server \"{name}\" still holds {} tenant(s); drop or move them first",
+            server.tenants
+        )));
+    }
+    catalog
+        .execute("DELETE FROM pgtenant.servers WHERE name = $1", &[&name])
+        .await
+        .map_err(ProvisionError::db("removing the server from the catalog"))?;
+    Ok(())
+}

@@ -31,6 +31,34 @@ pub struct Config {
     /// Tenants of the embedded (TOML) catalog.
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
+    /// The admin console.
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// The admin console: a reserved database name on every listener, for the users listed here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The database name that reaches the console instead of a tenant.
+    #[serde(default = "default_admin_database")]
+    pub database: String,
+    /// Who may use it (SCRAM verifiers, as for tenant users); nobody when empty.
+    #[serde(default)]
+    pub users: Vec<TenantUserConfig>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            database: default_admin_database(),
+            users: Vec::new(),
+        }
+    }
+}
+
+fn default_admin_database() -> String {
+    "pgtenant".into()
 }
 
 /// One listening socket.
@@ -373,6 +401,20 @@ impl Config {
         if self.pool.prepared_statements_per_connection == 0 {
             return bad("pool.prepared_statements_per_connection must be at least 1".into());
         }
+        if self.admin.database.is_empty() {
+            return bad("admin.database must not be empty".into());
+        }
+        for (i, u) in self.admin.users.iter().enumerate() {
+            if !matches!(
+                crate::auth::StoredPassword::parse(u.password_hash.expose()),
+                Some(crate::auth::StoredPassword::Scram(_))
+            ) {
+                return bad(format!(
+                    "admin.users[{i}] ({}): password_hash must be a SCRAM-SHA-256 verifier (pgtenant hash-password)",
+                    u.name
+                ));
+            }
+        }
         for (i, s) in self.servers.iter().enumerate() {
             if s.name.is_empty() || s.host.is_empty() || s.user.is_empty() {
                 return bad(format!(
@@ -492,6 +534,11 @@ mod tests {
                 "password_hash",
             ),
             (&format!("{server}{server}"), "duplicate server"),
+            (
+                "[[admin.users]]\nname='dba'\npassword_hash='md5d41d8cd98f00b204e9800998ecf8427'",
+                "admin.users[0] (dba): password_hash must be a SCRAM-SHA-256 verifier",
+            ),
+            ("[admin]\ndatabase=''", "admin.database"),
         ];
         for (text, want) in cases {
             let err = Config::from_toml(text).expect_err(text).to_string();

@@ -29,6 +29,8 @@ pub mod sqlstate {
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     /// Something went wrong inside the proxy.
     pub const INTERNAL_ERROR: &str = "XX000";
+    /// syntax_error (an admin command pgtenant does not know).
+    pub const SYNTAX_ERROR: &str = "42601";
     /// A prepared statement by that name already exists.
     pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
     /// A limit of the proxy's was reached.
@@ -154,6 +156,16 @@ impl ClientError {
         Self::fatal(
             sqlstate::ADMIN_SHUTDOWN,
             format!("terminating connection because tenant \"{tenant}\" was disabled or removed"),
+        )
+    }
+
+    /// An admin ran KILL on the client's tenant.
+    pub fn killed_by_admin(tenant: &str) -> Self {
+        Self::fatal(
+            sqlstate::ADMIN_SHUTDOWN,
+            format!(
+                "terminating connection: an administrator killed the clients of tenant \"{tenant}\""
+            ),
         )
     }
 

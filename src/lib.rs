@@ -24,6 +24,7 @@
 //! - [`session`]: a client's life after login: parameter sync, the session relay, the
 //!   transaction-mode session (prepared statements, tracked settings, pinning), cancel routing.
 //! - [`server`]: the accept loop, connection permits and shutdown.
+//! - [`admin`]: the admin console reached with psql through the reserved database name.
 //! - [`localpg`]: throwaway local Postgres clusters (quickstart and tests).
 //! - [`quickstart`]: a throwaway local cluster with two demo tenants.
 //! - [`wire`]: bounded whole-message reads for the login legs.
@@ -39,6 +40,7 @@
 )]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -45,6 +45,14 @@ pub struct Shared {
     client_permits: Arc<Semaphore>,
     next_client_id: AtomicU64,
     shutting_down: AtomicBool,
+    stop: watch::Sender<bool>,
+}
+
+impl Shared {
+    /// Asks the proxy to shut down as on SIGTERM (the admin console's SHUTDOWN).
+    pub fn request_shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
 }
 
 /// A running proxy.
@@ -53,15 +61,20 @@ pub struct ProxyHandle {
     pub addrs: Vec<SocketAddr>,
     /// The shared state, for inspection.
     pub shared: Arc<Shared>,
-    stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl ProxyHandle {
     /// Stops accepting, closes every client with 57P01 and waits for all tasks to end.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
+        self.shared.request_shutdown();
         let _ = self.task.await;
+    }
+
+    /// Resolves once a shutdown was asked for from inside (the admin console's SHUTDOWN).
+    pub async fn shutdown_requested(&self) {
+        let mut stop = self.shared.stop.subscribe();
+        stopped(&mut stop).await;
     }
 }
 
@@ -71,6 +84,7 @@ pub async fn start(config: Config) -> std::io::Result<ProxyHandle> {
     let catalog = Catalog::new(config.clone());
     let mut decoy_key = [0u8; 32];
     rand::rng().fill_bytes(&mut decoy_key);
+    let (stop, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         client_permits: Arc::new(Semaphore::new(config.proxy.max_client_connections)),
         config: config.clone(),
@@ -80,6 +94,7 @@ pub async fn start(config: Config) -> std::io::Result<ProxyHandle> {
         decoy_key,
         next_client_id: AtomicU64::new(1),
         shutting_down: AtomicBool::new(false),
+        stop,
     });
     let mut listeners = Vec::new();
     let mut addrs = Vec::new();
@@ -90,12 +105,10 @@ pub async fn start(config: Config) -> std::io::Result<ProxyHandle> {
         addrs.push(addr);
         listeners.push((listener, l.clone()));
     }
-    let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(run(shared.clone(), listeners, stop_rx));
     Ok(ProxyHandle {
         addrs,
         shared,
-        stop,
         task,
     })
 }
@@ -155,7 +168,7 @@ async fn accept_loop(
                     let shared = shared.clone();
                     let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
                     let span = tracing::info_span!("client", id, %peer, tenant = tracing::field::Empty, user = tracing::field::Empty);
-                    let kick = Arc::new(KickSwitch::default());
+                    let kick = Arc::new(KickSwitch::new(id, peer));
                     let task = handle_client(shared, socket, cfg.clone(), span, kick.clone());
                     kick.arm(clients.spawn(task));
                 }
@@ -240,7 +253,13 @@ async fn handle_client(
                 early,
                 kick,
             };
-            let end = session::serve(&shared, socket, req, &span).await;
+            let end = if crate::admin::wants_console(&shared.config, &req.params) {
+                crate::admin::serve(&shared, socket, req)
+                    .instrument(span.clone())
+                    .await
+            } else {
+                session::serve(&shared, socket, req, &span).await
+            };
             let ms = started.elapsed().as_millis() as u64;
             match end {
                 SessionEnd::Refused(e) => {

@@ -230,7 +230,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let proxy = crate::server::start(config)
         .await
         .context("starting listeners")?;
-    wait_for_signal().await;
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        _ = proxy.shutdown_requested() => {}
+    }
     proxy.shutdown().await;
     Ok(())
 }

@@ -65,6 +65,8 @@ pub enum Take {
 struct Waiter {
     id: u64,
     tx: oneshot::Sender<Grant>,
+    /// When it started waiting, for the admin console's max wait.
+    since: clock::Instant,
 }
 
 /// One tenant pool's share of the server.
@@ -213,7 +215,11 @@ impl ServerBudget {
         st.next_waiter += 1;
         let wid = st.next_waiter;
         if let Some(slot) = st.slots.get_mut(&id) {
-            slot.waiters.push_back(Waiter { id: wid, tx });
+            slot.waiters.push_back(Waiter {
+                id: wid,
+                tx,
+                since: clock::now(),
+            });
         }
         if !st.rotation.contains(&id) {
             st.rotation.push_back(id);
@@ -369,6 +375,16 @@ impl ServerBudget {
             idle: st.slots.values().map(|s| s.idle.len()).sum(),
             waiting: st.slots.values().map(|s| s.waiters.len()).sum(),
         }
+    }
+
+    /// How long pool `id`'s longest waiting client has waited.
+    pub fn pool_max_wait(&self, id: PoolId) -> Duration {
+        let st = self.lock();
+        let now = clock::now();
+        st.slots
+            .get(&id)
+            .and_then(|s| s.waiters.front())
+            .map_or(Duration::ZERO, |w| clock::since(now, w.since))
     }
 
     /// Pool `id`'s numbers now: (open, idle, waiting).

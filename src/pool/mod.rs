@@ -110,6 +110,79 @@ impl Pools {
         Some(ClientSlot { clients, id })
     }
 
+    /// Ends the tasks of every connected client of `tenant`, telling each `reason`; returns how
+    /// many there were.
+    pub fn kick_tenant(&self, tenant: &str, reason: &crate::error::ClientError) -> usize {
+        let clients = {
+            let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            clients.get(tenant).cloned()
+        };
+        let members: Vec<Arc<KickSwitch>> = clients
+            .map(|c| c.members().values().cloned().collect())
+            .unwrap_or_default();
+        for m in &members {
+            m.kick(reason.clone());
+        }
+        members.len()
+    }
+
+    /// Every logged-in client, by tenant, for the admin console.
+    pub fn clients(&self) -> Vec<(String, Arc<KickSwitch>)> {
+        let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(String, Arc<KickSwitch>)> = clients
+            .iter()
+            .flat_map(|(slug, c)| {
+                c.members()
+                    .values()
+                    .map(|k| (slug.clone(), k.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort_by_key(|(_, k)| k.client_id);
+        out
+    }
+
+    /// Each tenant pool's numbers now, by tenant, for the admin console.
+    pub fn pool_rows(&self) -> Vec<PoolRow> {
+        let pools: Vec<Arc<TenantPool>> = self.lock().values().cloned().collect();
+        let connected = |slug: &str| {
+            let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            clients
+                .get(slug)
+                .map_or(0, |c| c.count.load(Ordering::Acquire))
+        };
+        let mut rows: Vec<PoolRow> = pools
+            .iter()
+            .map(|p| {
+                let (open, idle, waiting) = p.usage();
+                PoolRow {
+                    tenant: p.tenant.clone(),
+                    server: p.target.server.clone(),
+                    mode: p.settings.mode,
+                    size: p.settings.size,
+                    clients: connected(&p.tenant),
+                    waiting,
+                    open,
+                    idle,
+                    max_wait: p.server.pool_max_wait(p.id),
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        rows
+    }
+
+    /// Each server's shared budget now, by name.
+    pub fn server_rows(&self) -> Vec<(String, BudgetUsage)> {
+        let servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rows: Vec<(String, BudgetUsage)> = servers
+            .iter()
+            .map(|(n, b)| (n.clone(), b.usage()))
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows
+    }
+
     /// Ends the tasks of connected clients whose tenant the snapshot no longer serves (disabled
     /// or removed); each is told why with 57P01 as its socket closes.
     pub fn kick_unservable(&self, snapshot: &Snapshot) {
@@ -172,6 +245,29 @@ impl Pools {
     }
 }
 
+/// One tenant pool as the admin console shows it.
+#[derive(Debug, Clone)]
+pub struct PoolRow {
+    /// Owning tenant.
+    pub tenant: String,
+    /// Server it draws on.
+    pub server: String,
+    /// Session or transaction pooling.
+    pub mode: crate::config::PoolMode,
+    /// Its size.
+    pub size: u32,
+    /// Clients logged in.
+    pub clients: u32,
+    /// Clients waiting for a connection.
+    pub waiting: usize,
+    /// Backend connections open (or opening).
+    pub open: usize,
+    /// Of those, idle.
+    pub idle: usize,
+    /// The longest current wait.
+    pub max_wait: Duration,
+}
+
 /// The connected clients of one tenant.
 #[derive(Default)]
 struct TenantClients {
@@ -200,14 +296,43 @@ impl Drop for ClientSlot {
 }
 
 /// Ends one client's task from outside it, saying why. The accept loop arms it with the task's
-/// abort handle; the client's socket reads the reason as it is dropped. No cost per message.
-#[derive(Default)]
+/// abort handle; the client's socket reads the reason as it is dropped. No cost per message. It
+/// also carries what the admin console shows of the client.
 pub struct KickSwitch {
     abort: std::sync::OnceLock<tokio::task::AbortHandle>,
     reason: std::sync::OnceLock<crate::error::ClientError>,
+    /// The client's connection id (as in the logs).
+    pub client_id: u64,
+    /// Its address.
+    pub peer: std::net::SocketAddr,
+    /// When it connected.
+    pub connected_at: std::time::SystemTime,
+    user: std::sync::OnceLock<String>,
 }
 
 impl KickSwitch {
+    /// A switch for a client just accepted.
+    pub fn new(client_id: u64, peer: std::net::SocketAddr) -> Self {
+        KickSwitch {
+            abort: std::sync::OnceLock::new(),
+            reason: std::sync::OnceLock::new(),
+            client_id,
+            peer,
+            connected_at: std::time::SystemTime::now(),
+            user: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Records the user the client logged in as.
+    pub fn set_user(&self, user: &str) {
+        let _ = self.user.set(user.to_owned());
+    }
+
+    /// The user the client logged in as, once known.
+    pub fn user(&self) -> &str {
+        self.user.get().map_or("", String::as_str)
+    }
+
     /// Arms the switch with the task it ends.
     pub fn arm(&self, abort: tokio::task::AbortHandle) {
         let _ = self.abort.set(abort);

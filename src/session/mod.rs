@@ -259,6 +259,7 @@ async fn login<C: AsyncRead + AsyncWrite + Unpin>(
     let span = tracing::Span::current();
     span.record("tenant", resolved.tenant.as_str());
     span.record("user", resolved.user.as_str());
+    req.kick.set_user(&resolved.user);
     let settings = params::client_settings(&req.params, &resolved.settings)?;
     let tenant = shared.catalog.snapshot().tenant(&resolved.tenant).cloned();
     let tenant = tenant.ok_or_else(|| ClientError::unknown_tenant(&resolved.tenant))?;

@@ -69,6 +69,11 @@ impl Snapshot {
         )
     }
 
+    /// Every tenant, in no particular order.
+    pub fn tenants(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+        self.tenants.values()
+    }
+
     /// The tenant with this slug.
     pub fn tenant(&self, slug: &str) -> Option<&Arc<Tenant>> {
         self.tenants.get(slug)

@@ -226,3 +226,40 @@ async fn quickstart_serves_two_demo_tenants_and_stops_on_ctrl_c() {
         .expect("psql");
     assert!(!out.status.success(), "the throwaway cluster was stopped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_exits_cleanly_on_console_shutdown() {
+    let port = pgtenant::localpg::free_port().expect("port");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("pgtenant.toml");
+    let hash = postgres_protocol::password::scram_sha_256(b"admin-pw");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[listeners]]\naddress = \"127.0.0.1:{port}\"\n[[admin.users]]\nname = \"dba\"\npassword_hash = \"{hash}\"\n"
+        ),
+    )
+    .expect("config");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut admin = None;
+    for _ in 0..100 {
+        if let Ok(c) = connect_with(addr, "dba", "admin-pw", "pgtenant", "").await {
+            admin = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let admin = admin.expect("the console answers");
+    admin.simple_query("SHUTDOWN").await.expect("shutdown");
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(20)))
+            .await
+            .expect("wait");
+    assert!(status.success(), "exit status {status:?}");
+}

@@ -1,0 +1,345 @@
+//! The console's commands. Each reads the proxy's live state (snapshot, pools, budgets, client
+//! registry) and answers with a text result set; none touches a backend.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use bytes::BytesMut;
+
+use super::result;
+use crate::config::PoolMode;
+use crate::error::{ClientError, sqlstate};
+use crate::protocol::messages;
+use crate::server::Shared;
+use crate::tenant::TenantStatus;
+
+/// What the console knows, for the error that answers anything else.
+const KNOWN: &str = "SHOW TENANTS, SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW CONFIG, SHOW VERSION, KILL tenant, SHUTDOWN";
+
+/// Runs every `;`-separated command of a simple query, writing each answer; returns true when
+/// one was SHUTDOWN. An error ends the query, as in Postgres.
+pub fn run(shared: &Shared, text: &str, out: &mut BytesMut) -> bool {
+    let commands: Vec<&str> = text
+        .split(';')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    if commands.is_empty() {
+        messages::write_message(out, b'I', |_| {});
+        return false;
+    }
+    for command in commands {
+        match one(shared, command, out) {
+            Ok(Outcome::Done) => {}
+            Ok(Outcome::Shutdown) => return true,
+            Err(e) => {
+                messages::error_response(out, &e);
+                return false;
+            }
+        }
+    }
+    false
+}
+
+enum Outcome {
+    Done,
+    Shutdown,
+}
+
+fn one(shared: &Shared, command: &str, out: &mut BytesMut) -> Result<Outcome, ClientError> {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
+    let upper: Vec<&str> = upper.iter().map(String::as_str).collect();
+    match upper.as_slice() {
+        ["SHOW", "TENANTS"] => show_tenants(shared, out),
+        ["SHOW", "POOLS"] => show_pools(shared, out),
+        ["SHOW", "CLIENTS"] => show_clients(shared, out),
+        ["SHOW", "SERVERS"] => show_servers(shared, out),
+        ["SHOW", "CONFIG"] => show_config(shared, out),
+        ["SHOW", "VERSION"] => result::write(
+            out,
+            &["version"],
+            &[vec![format!("pgtenant {}", env!("CARGO_PKG_VERSION"))]],
+            "SHOW",
+        ),
+        ["KILL", _] => {
+            let tenant = words[1];
+            if shared.catalog.snapshot().tenant(tenant).is_none() {
+                return Err(ClientError::error(
+                    sqlstate::INVALID_CATALOG_NAME,
+                    format!("tenant \"{tenant}\" does not exist"),
+                ));
+            }
+            let n = shared
+                .pools
+                .kick_tenant(tenant, &ClientError::killed_by_admin(tenant));
+            tracing::info!(tenant, clients = n, "admin killed the tenant's clients");
+            result::complete(out, "KILL");
+        }
+        ["SHUTDOWN"] => {
+            tracing::info!("admin asked for shutdown");
+            result::complete(out, "SHUTDOWN");
+            return Ok(Outcome::Shutdown);
+        }
+        _ => {
+            let mut e = ClientError::error(
+                sqlstate::SYNTAX_ERROR,
+                format!("unknown admin command \"{command}\""),
+            );
+            e.hint = Some(format!("The console knows: {KNOWN}."));
+            return Err(e);
+        }
+    }
+    Ok(Outcome::Done)
+}
+
+fn status_text(s: TenantStatus) -> &'static str {
+    match s {
+        TenantStatus::Active => "active",
+        TenantStatus::Paused => "paused",
+        TenantStatus::Disabled => "disabled",
+        TenantStatus::Moving => "moving",
+    }
+}
+
+fn mode_text(m: PoolMode) -> &'static str {
+    match m {
+        PoolMode::Session => "session",
+        PoolMode::Transaction => "transaction",
+    }
+}
+
+fn show_tenants(shared: &Shared, out: &mut BytesMut) {
+    let clients = clients_by_tenant(shared);
+    let snapshot = shared.catalog.snapshot();
+    let mut tenants: Vec<_> = snapshot.tenants().collect();
+    tenants.sort_by(|a, b| a.slug.cmp(&b.slug));
+    let rows: Vec<Vec<String>> = tenants
+        .iter()
+        .map(|t| {
+            vec![
+                t.slug.clone(),
+                status_text(t.status).into(),
+                t.backend.server.clone(),
+                t.backend.database.clone(),
+                t.backend.user.clone(),
+                mode_text(t.pool.mode).into(),
+                t.pool.size.to_string(),
+                t.users.len().to_string(),
+                clients
+                    .get(t.slug.as_str())
+                    .copied()
+                    .unwrap_or(0)
+                    .to_string(),
+            ]
+        })
+        .collect();
+    result::write(
+        out,
+        &[
+            "tenant",
+            "status",
+            "server",
+            "database",
+            "role",
+            "pool_mode",
+            "pool_size",
+            "users",
+            "clients",
+        ],
+        &rows,
+        "SHOW",
+    );
+}
+
+fn clients_by_tenant(shared: &Shared) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for (tenant, _) in shared.pools.clients() {
+        *counts.entry(tenant).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn show_pools(shared: &Shared, out: &mut BytesMut) {
+    let rows: Vec<Vec<String>> = shared
+        .pools
+        .pool_rows()
+        .into_iter()
+        .map(|p| {
+            vec![
+                p.tenant,
+                p.server,
+                mode_text(p.mode).into(),
+                p.size.to_string(),
+                p.clients.to_string(),
+                p.waiting.to_string(),
+                (p.open - p.idle.min(p.open)).to_string(),
+                p.idle.to_string(),
+                p.max_wait.as_millis().to_string(),
+            ]
+        })
+        .collect();
+    result::write(
+        out,
+        &[
+            "tenant",
+            "server",
+            "pool_mode",
+            "pool_size",
+            "cl_connected",
+            "cl_waiting",
+            "sv_active",
+            "sv_idle",
+            "maxwait_ms",
+        ],
+        &rows,
+        "SHOW",
+    );
+}
+
+fn show_clients(shared: &Shared, out: &mut BytesMut) {
+    let now = SystemTime::now();
+    let rows: Vec<Vec<String>> = shared
+        .pools
+        .clients()
+        .into_iter()
+        .map(|(tenant, c)| {
+            let age = now.duration_since(c.connected_at).unwrap_or_default();
+            vec![
+                c.client_id.to_string(),
+                tenant,
+                c.user().to_owned(),
+                c.peer.to_string(),
+                age.as_secs().to_string(),
+            ]
+        })
+        .collect();
+    result::write(
+        out,
+        &["id", "tenant", "user", "address", "connected_s"],
+        &rows,
+        "SHOW",
+    );
+}
+
+fn show_servers(shared: &Shared, out: &mut BytesMut) {
+    let snapshot = shared.catalog.snapshot();
+    // Servers as the routing table knows them (through their tenants), with their budgets.
+    let mut servers: BTreeMap<String, (String, u16, u32, usize)> = BTreeMap::new();
+    for t in snapshot.tenants() {
+        let b = &t.backend;
+        let e = servers.entry(b.server.clone()).or_insert((
+            b.host.clone(),
+            b.port,
+            b.server_max_connections,
+            0,
+        ));
+        e.3 += 1;
+    }
+    let budgets: BTreeMap<String, crate::pool::BudgetUsage> =
+        shared.pools.server_rows().into_iter().collect();
+    let rows: Vec<Vec<String>> = servers
+        .into_iter()
+        .map(|(name, (host, port, max, tenants))| {
+            let used = budgets.get(&name);
+            vec![
+                name.clone(),
+                host,
+                port.to_string(),
+                max.to_string(),
+                used.map_or(0, |u| u.open).to_string(),
+                used.map_or(0, |u| u.idle).to_string(),
+                used.map_or(0, |u| u.waiting).to_string(),
+                tenants.to_string(),
+            ]
+        })
+        .collect();
+    result::write(
+        out,
+        &[
+            "server",
+            "host",
+            "port",
+            "max_connections",
+            "open",
+            "idle",
+            "waiting",
+            "tenants",
+        ],
+        &rows,
+        "SHOW",
+    );
+}
+
+fn show_config(shared: &Shared, out: &mut BytesMut) {
+    let c = &shared.config;
+    let listeners: Vec<String> = c
+        .listeners
+        .iter()
+        .map(|l| format!("{} ({:?})", l.address, l.auth))
+        .collect();
+    let resolve: Vec<String> = c.proxy.resolve.iter().map(|r| format!("{r:?}")).collect();
+    let p = &c.pool;
+    // No secrets here: the catalog URL and passwords are left out on purpose.
+    let rows: Vec<(&str, String)> = vec![
+        ("listeners", listeners.join(", ")),
+        ("proxy.resolve", resolve.join(", ")),
+        (
+            "proxy.startup_timeout_ms",
+            c.proxy.startup_timeout_ms.to_string(),
+        ),
+        (
+            "proxy.max_client_connections",
+            c.proxy.max_client_connections.to_string(),
+        ),
+        (
+            "proxy.pause_timeout_ms",
+            c.proxy.pause_timeout_ms.to_string(),
+        ),
+        (
+            "proxy.reset_timeout_ms",
+            c.proxy.reset_timeout_ms.to_string(),
+        ),
+        ("proxy.worker_threads", c.proxy.worker_threads.to_string()),
+        ("pool.mode", mode_text(p.mode).into()),
+        ("pool.size", p.size.to_string()),
+        ("pool.min_idle", p.min_idle.to_string()),
+        ("pool.idle_timeout_ms", p.idle_timeout_ms.to_string()),
+        ("pool.max_lifetime_ms", p.max_lifetime_ms.to_string()),
+        (
+            "pool.checkout_timeout_ms",
+            p.checkout_timeout_ms.to_string(),
+        ),
+        ("pool.connect_timeout_ms", p.connect_timeout_ms.to_string()),
+        ("pool.reset_query", p.reset_query.clone()),
+        (
+            "pool.max_client_connections",
+            p.max_client_connections.to_string(),
+        ),
+        (
+            "pool.server_max_connections",
+            p.server_max_connections.to_string(),
+        ),
+        ("pool.session_state", format!("{:?}", p.session_state)),
+        (
+            "pool.prepared_statements_per_connection",
+            p.prepared_statements_per_connection.to_string(),
+        ),
+        (
+            "catalog",
+            if c.catalog.is_some() {
+                "postgres"
+            } else {
+                "config file only"
+            }
+            .into(),
+        ),
+        ("admin.database", c.admin.database.clone()),
+        ("admin.users", c.admin.users.len().to_string()),
+    ];
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|(k, v)| vec![k.to_owned(), v])
+        .collect();
+    result::write(out, &["key", "value"], &rows, "SHOW");
+}

@@ -1,0 +1,266 @@
+//! The admin console: psql and tokio-postgres to the reserved database, each command's rows
+//! checked against what the proxy is doing, KILL and SHUTDOWN, and who is kept out.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::support::*;
+
+const ADMIN_PASSWORD: &str = "admin-pw";
+
+/// A proxy with two tenants on server A and one admin user.
+async fn proxy_with_console() -> (pgtenant::server::ProxyHandle, String, String) {
+    let bed = bed();
+    let (t1, t2) = (unique("adm"), unique("adm"));
+    create_tenant_db(&bed.a, &t1).await;
+    create_tenant_db(&bed.a, &t2).await;
+    let admin_hash = postgres_protocol::password::scram_sha_256(ADMIN_PASSWORD.as_bytes());
+    let toml = format!(
+        "{}[[admin.users]]\nname = \"dba\"\npassword_hash = \"{admin_hash}\"\n{}{}{}",
+        listener_toml("scram-sha-256"),
+        bed.a.toml(SCRAM_ROLE),
+        tenant_toml(&t1, &bed.a, &t1, ""),
+        tenant_toml(&t2, &bed.a, &t2, "pool_mode = \"transaction\""),
+    );
+    (start_proxy(&toml).await, t1, t2)
+}
+
+async fn console(addr: SocketAddr) -> Client {
+    connect_with(addr, "dba", ADMIN_PASSWORD, "pgtenant", "")
+        .await
+        .expect("admin connects")
+}
+
+/// The rows of one console command, as (column → value) maps.
+async fn rows(c: &Client, command: &str) -> Vec<Vec<(String, String)>> {
+    c.simple_query(command)
+        .await
+        .unwrap_or_else(|e| panic!("{command}: {e}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                r.columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, col)| (col.name().to_owned(), r.get(i).unwrap_or("").to_owned()))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+fn field<'a>(row: &'a [(String, String)], name: &str) -> &'a str {
+    row.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no column {name} in {row:?}"))
+}
+
+fn row_of<'a>(rows: &'a [Vec<(String, String)>], col: &str, value: &str) -> &'a [(String, String)] {
+    rows.iter()
+        .find(|r| field(r, col) == value)
+        .unwrap_or_else(|| panic!("no row with {col} = {value} in {rows:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_commands_describe_tenants_pools_clients_and_servers() {
+    let (proxy, t1, t2) = proxy_with_console().await;
+    let addr = proxy.addrs[0];
+    let admin = console(addr).await;
+    let version = rows(&admin, "SHOW VERSION").await;
+    assert_eq!(
+        field(&version[0], "version"),
+        format!("pgtenant {}", env!("CARGO_PKG_VERSION"))
+    );
+
+    // One session-mode client holds a backend connection; one transaction-mode client holds none.
+    let c1 = connect(addr, "app", &t1).await.expect("t1 client");
+    let c2 = connect(addr, "app", &t2).await.expect("t2 client");
+    assert_eq!(whoami(&c1).await, t1);
+    assert_eq!(whoami(&c2).await, t2);
+
+    let tenants = rows(&admin, "show tenants;").await;
+    let r1 = row_of(&tenants, "tenant", &t1);
+    assert_eq!(field(r1, "status"), "active");
+    assert_eq!(field(r1, "server"), bed().a.name);
+    assert_eq!(field(r1, "pool_mode"), "session");
+    assert_eq!(field(r1, "clients"), "1");
+    assert_eq!(
+        field(row_of(&tenants, "tenant", &t2), "pool_mode"),
+        "transaction"
+    );
+
+    let pools = rows(&admin, "SHOW POOLS").await;
+    let p1 = row_of(&pools, "tenant", &t1);
+    assert_eq!(field(p1, "cl_connected"), "1");
+    assert_eq!(
+        field(p1, "sv_active"),
+        "1",
+        "the session-mode client holds its connection"
+    );
+    assert_eq!(field(p1, "cl_waiting"), "0");
+    let p2 = row_of(&pools, "tenant", &t2);
+    assert_eq!(
+        field(p2, "sv_active"),
+        "0",
+        "between transactions nobody holds one"
+    );
+    assert_eq!(field(p2, "sv_idle"), "1");
+
+    let clients = rows(&admin, "SHOW CLIENTS").await;
+    let mine: Vec<_> = clients
+        .iter()
+        .filter(|r| field(r, "tenant") == t1)
+        .collect();
+    assert_eq!(mine.len(), 1, "{clients:?}");
+    assert_eq!(field(mine[0], "user"), "app");
+    assert!(field(mine[0], "address").starts_with("127.0.0.1:"));
+
+    let servers = rows(&admin, "SHOW SERVERS").await;
+    let a = row_of(&servers, "server", bed().a.name);
+    assert_eq!(field(a, "port"), bed().a.port.to_string());
+    assert_eq!(field(a, "tenants"), "2");
+    assert_eq!(field(a, "open"), "2");
+
+    let config = rows(&admin, "SHOW CONFIG").await;
+    assert_eq!(
+        field(row_of(&config, "key", "admin.database"), "value"),
+        "pgtenant"
+    );
+    let all = format!("{config:?}");
+    assert!(
+        !all.contains(PASSWORD) && !all.contains(ADMIN_PASSWORD),
+        "secrets in SHOW CONFIG"
+    );
+
+    // psql prints the same as a table.
+    let (ok, out, err) = run(std::process::Command::new(pg_bin("psql"))
+        .arg(format!(
+            "postgresql://dba:{ADMIN_PASSWORD}@127.0.0.1:{}/pgtenant",
+            addr.port()
+        ))
+        .args(["-X", "-c", "SHOW TENANTS"]));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&t1) && out.contains(&t2) && out.contains("pool_mode"),
+        "{out}"
+    );
+    drop((c1, c2));
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_disconnects_one_tenants_clients_only() {
+    let (proxy, t1, t2) = proxy_with_console().await;
+    let addr = proxy.addrs[0];
+    let admin = console(addr).await;
+    let c1 = connect(addr, "app", &t1).await.expect("t1");
+    let c2 = connect(addr, "app", &t2).await.expect("t2");
+    admin
+        .simple_query(&format!("KILL {t1}"))
+        .await
+        .expect("kill");
+    let e = c1.simple_query("SELECT 1").await.expect_err("killed");
+    assert!(
+        e.as_db_error().map(|d| d.code().code()) == Some("57P01") || e.is_closed(),
+        "{e}"
+    );
+    assert_eq!(whoami(&c2).await, t2, "the other tenant is untouched");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            !rows(&admin, "SHOW CLIENTS")
+                .await
+                .iter()
+                .any(|r| field(r, "tenant") == t1)
+        })
+        .await
+    );
+    let e = admin
+        .simple_query("KILL nosuchtenant")
+        .await
+        .expect_err("unknown");
+    assert_eq!(sqlstate(&e), "3D000");
+    // The tenant itself is not disabled: its clients may come back.
+    let again = connect(addr, "app", &t1).await.expect("reconnects");
+    assert_eq!(whoami(&again).await, t1);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_keeps_out_tenants_and_strangers_and_rejects_what_it_does_not_know() {
+    let (proxy, t1, _) = proxy_with_console().await;
+    let addr = proxy.addrs[0];
+    // A tenant's user with its own (correct) password, a wrong admin password, an unknown user.
+    for (user, pw) in [
+        ("app", PASSWORD),
+        ("dba", "wrong"),
+        ("nobody", ADMIN_PASSWORD),
+    ] {
+        let e = connect_with(addr, user, pw, "pgtenant", "")
+            .await
+            .expect_err("kept out");
+        assert_eq!(sqlstate(&e), "28P01", "{user}");
+    }
+    // A tenant user naming the tenant as a suffix still lands on the console's login, not a tenant.
+    let e = connect_with(addr, &format!("app.{t1}"), PASSWORD, "pgtenant", "")
+        .await
+        .expect_err("kept out");
+    assert_eq!(sqlstate(&e), "28P01");
+    let admin = console(addr).await;
+    let e = admin
+        .simple_query("DROP TABLE x")
+        .await
+        .expect_err("unknown");
+    assert_eq!(sqlstate(&e), "42601");
+    assert!(
+        e.as_db_error()
+            .and_then(|d| d.hint())
+            .unwrap_or("")
+            .contains("SHOW POOLS")
+    );
+    let e = admin
+        .query("SELECT $1::text", &[&"x"])
+        .await
+        .expect_err("extended");
+    assert_eq!(sqlstate(&e), "0A000");
+    assert_eq!(
+        rows(&admin, "SHOW VERSION").await.len(),
+        1,
+        "the session goes on"
+    );
+    let empty = admin.simple_query("").await.expect("empty query");
+    assert!(
+        empty
+            .iter()
+            .all(|m| !matches!(m, SimpleQueryMessage::Row(_)))
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_from_the_console_stops_the_proxy() {
+    let (proxy, t1, _) = proxy_with_console().await;
+    let addr = proxy.addrs[0];
+    let client = connect(addr, "app", &t1).await.expect("client");
+    let admin = console(addr).await;
+    admin
+        .simple_query("SHUTDOWN")
+        .await
+        .expect("shutdown accepted");
+    tokio::time::timeout(Duration::from_secs(5), proxy.shutdown_requested())
+        .await
+        .expect("the proxy saw the request");
+    let e = client.simple_query("SELECT 1").await.expect_err("closed");
+    assert!(
+        e.as_db_error().map(|d| d.code().code()) == Some("57P01") || e.is_closed(),
+        "{e}"
+    );
+    proxy.shutdown().await;
+    assert!(
+        connect(addr, "app", &t1).await.is_err(),
+        "no longer listening"
+    );
+}

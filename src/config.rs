@@ -123,6 +123,24 @@ pub struct ProxyConfig {
     /// Threads serving connections. One (the default) spends the least CPU per transaction,
     /// like pgbouncer; more scale past one core's worth of traffic.
     pub worker_threads: usize,
+    /// On shutdown, how long clients inside a transaction may take to finish it before they are
+    /// closed with 57P01.
+    pub shutdown_grace_ms: u64,
+    /// A log line when a client has logged in (the line when it leaves is always written).
+    pub log_connections: bool,
+    /// `text` (one human-readable line per event) or `json` (one JSON object per line).
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
 }
 
 impl Default for ProxyConfig {
@@ -138,6 +156,9 @@ impl Default for ProxyConfig {
             pause_timeout_ms: 30_000,
             reset_timeout_ms: 5_000,
             worker_threads: 1,
+            shutdown_grace_ms: 10_000,
+            log_connections: true,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -493,6 +514,11 @@ impl ProxyConfig {
     /// `startup_timeout_ms` as a Duration.
     pub fn startup_timeout(&self) -> Duration {
         Duration::from_millis(self.startup_timeout_ms)
+    }
+
+    /// `shutdown_grace_ms` as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
     }
 }
 

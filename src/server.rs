@@ -24,8 +24,11 @@ use crate::session::cancel::CancelRegistry;
 use crate::session::{self, SessionEnd, StartupRequest};
 use crate::tenant::catalog::Catalog;
 
-/// How long shutdown waits for clients to be told and closed.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long shutdown waits, past the clients' grace, for their tasks to end.
+const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
+
+/// How often a draining proxy looks for clients that finished their transaction.
+const DRAIN_TICK: Duration = Duration::from_millis(20);
 
 /// Pool upkeep period.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
@@ -45,6 +48,8 @@ pub struct Shared {
     client_permits: Arc<Semaphore>,
     next_client_id: AtomicU64,
     shutting_down: AtomicBool,
+    /// Set when shutdown starts: clients finish their transaction and start no other.
+    draining: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
 }
 
@@ -94,6 +99,7 @@ pub async fn start(config: Config) -> std::io::Result<ProxyHandle> {
         decoy_key,
         next_client_id: AtomicU64::new(1),
         shutting_down: AtomicBool::new(false),
+        draining: Arc::new(AtomicBool::new(false)),
         stop,
     });
     let mut listeners = Vec::new();
@@ -140,10 +146,9 @@ async fn run(
     stopped(&mut stop).await;
     tracing::info!("shutting down");
     // Accept loops end once every client has been told 57P01; give them a bounded moment.
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let limit = shared.config.proxy.shutdown_grace() + SHUTDOWN_SLACK;
+    let drained =
+        tokio::time::timeout(limit, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!("clients did not close in time; dropping them");
     }
@@ -168,7 +173,7 @@ async fn accept_loop(
                     let shared = shared.clone();
                     let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
                     let span = tracing::info_span!("client", id, %peer, tenant = tracing::field::Empty, user = tracing::field::Empty);
-                    let kick = Arc::new(KickSwitch::new(id, peer));
+                    let kick = Arc::new(KickSwitch::new(id, peer, shared.draining.clone()));
                     let task = handle_client(shared, socket, cfg.clone(), span, kick.clone());
                     kick.arm(clients.spawn(task));
                 }
@@ -182,10 +187,35 @@ async fn accept_loop(
             _ = stopped(&mut stop) => break,
         }
     }
+    drop(listener);
+    drain(&shared, &mut clients).await;
     // Each dropped client task says 57P01 on its way out (see ClientSocket).
     shared.shutting_down.store(true, Ordering::Release);
     clients.abort_all();
     while clients.join_next().await.is_some() {}
+}
+
+/// Lets clients finish the transaction they are in, up to the shutdown grace: no client starts
+/// another (the relays refuse it with 57P01), and clients between transactions are closed at
+/// once with 57P01.
+async fn drain(shared: &Shared, clients: &mut JoinSet<()>) {
+    shared.draining.store(true, Ordering::Release);
+    let deadline = tokio::time::Instant::now() + shared.config.proxy.shutdown_grace();
+    let reason = ClientError::shutting_down();
+    loop {
+        let busy = shared.pools.kick_idle(&reason);
+        if clients.is_empty() {
+            return;
+        }
+        tokio::select! {
+            Some(_) = clients.join_next() => {}
+            _ = tokio::time::sleep(DRAIN_TICK) => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(in_transaction = busy, "shutdown grace over; closing the remaining clients");
+                return;
+            }
+        }
+    }
 }
 
 /// A client's socket. If its task is dropped while the proxy shuts down, it says goodbye with

@@ -207,7 +207,11 @@ fn show_clients(shared: &Shared, out: &mut BytesMut) {
             let age = now.duration_since(c.connected_at).unwrap_or_default();
             vec![
                 c.client_id.to_string(),
-                tenant,
+                if tenant == crate::pool::CONSOLE_KEY {
+                    "(console)".to_owned()
+                } else {
+                    tenant
+                },
                 c.user().to_owned(),
                 c.peer.to_string(),
                 age.as_secs().to_string(),

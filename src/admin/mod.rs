@@ -64,7 +64,11 @@ pub async fn serve<C: AsyncRead + AsyncWrite + Unpin>(
     if let Err(e) = authenticated {
         return refuse(client, e).await;
     }
-    tracing::info!(user = %user, "admin console session");
+    if shared.config.proxy.log_connections {
+        tracing::info!(console = true, "client connected");
+    }
+    // Listed by SHOW CLIENTS, and closed at once by a shutdown drain.
+    let _slot = shared.pools.admit_console(&req.kick);
     let mut out = BytesMut::with_capacity(512);
     messages::auth_ok(&mut out);
     for (name, value) in [

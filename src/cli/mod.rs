@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
+use crate::config::{Config, LogFormat};
 use crate::error::Secret;
 use crate::tenant::catalog;
 
@@ -88,12 +88,12 @@ pub enum CatalogCommand {
 
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> ExitCode {
-    init_logging();
     let cli = Cli::parse();
     // `serve` reads its config before the runtime exists: the config sizes the runtime.
     let (cli, workers) = match cli.command {
         Command::Serve { config } => match Config::load(&config) {
             Ok(loaded) => {
+                init_logging(loaded.proxy.log_format);
                 let workers = loaded.proxy.worker_threads;
                 (
                     Cli {
@@ -107,7 +107,10 @@ pub fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
-        command => (Cli { command }, None),
+        command => {
+            init_logging(LogFormat::Text);
+            (Cli { command }, None)
+        }
     };
     let threads = workers.as_ref().map_or(1, |(_, w)| *w);
     let mut builder = if threads == 1 {
@@ -135,15 +138,20 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGTENANT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour only on a terminal: escape codes in log files are noise, and cost time per line.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        // Colour only on a terminal: escape codes in log files are noise, and cost time per line.
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        // The connection span's fields (id, peer, tenant, user) go with every line.
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+    };
 }
 
 async fn run(cli: Cli, loaded: Option<Config>) -> anyhow::Result<()> {

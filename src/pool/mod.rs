@@ -126,6 +126,33 @@ impl Pools {
         members.len()
     }
 
+    /// Ends every registered client that is between transactions (shutdown drain); returns how
+    /// many clients are still inside one.
+    pub fn kick_idle(&self, reason: &crate::error::ClientError) -> usize {
+        let mut busy = 0;
+        for (_, c) in self.clients() {
+            if c.is_busy() {
+                busy += 1;
+            } else {
+                c.kick(reason.clone());
+            }
+        }
+        busy
+    }
+
+    /// Registers an admin console session, so that SHOW CLIENTS lists it and a shutdown drain
+    /// closes it; it counts against no tenant.
+    pub fn admit_console(&self, kick: &Arc<KickSwitch>) -> ClientSlot {
+        let clients = {
+            let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            clients.entry(CONSOLE_KEY.to_owned()).or_default().clone()
+        };
+        clients.count.fetch_add(1, Ordering::AcqRel);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        clients.members().insert(id, kick.clone());
+        ClientSlot { clients, id }
+    }
+
     /// Every logged-in client, by tenant, for the admin console.
     pub fn clients(&self) -> Vec<(String, Arc<KickSwitch>)> {
         let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
@@ -194,6 +221,9 @@ impl Pools {
                 .collect()
         };
         for (slug, clients) in tenants {
+            if slug == CONSOLE_KEY {
+                continue;
+            }
             let servable = snapshot
                 .tenant(&slug)
                 .is_some_and(|t| t.status != TenantStatus::Disabled);
@@ -244,6 +274,9 @@ impl Pools {
         }
     }
 }
+
+/// The client registry's key for admin console sessions (no tenant has an empty slug).
+pub const CONSOLE_KEY: &str = "";
 
 /// One tenant pool as the admin console shows it.
 #[derive(Debug, Clone)]
@@ -308,11 +341,15 @@ pub struct KickSwitch {
     /// When it connected.
     pub connected_at: std::time::SystemTime,
     user: std::sync::OnceLock<String>,
+    /// In a transaction (or mid-request): a draining proxy lets it finish.
+    busy: AtomicBool,
+    /// The proxy's drain flag: set, no new transaction may start.
+    draining: Arc<AtomicBool>,
 }
 
 impl KickSwitch {
-    /// A switch for a client just accepted.
-    pub fn new(client_id: u64, peer: std::net::SocketAddr) -> Self {
+    /// A switch for a client just accepted; `draining` is the proxy's drain flag.
+    pub fn new(client_id: u64, peer: std::net::SocketAddr, draining: Arc<AtomicBool>) -> Self {
         KickSwitch {
             abort: std::sync::OnceLock::new(),
             reason: std::sync::OnceLock::new(),
@@ -320,7 +357,24 @@ impl KickSwitch {
             peer,
             connected_at: std::time::SystemTime::now(),
             user: std::sync::OnceLock::new(),
+            busy: AtomicBool::new(false),
+            draining,
         }
+    }
+
+    /// Records whether the client is inside a transaction; called at transaction boundaries only.
+    pub fn set_busy(&self, busy: bool) {
+        self.busy.store(busy, Ordering::Release);
+    }
+
+    /// True while the client is inside a transaction.
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    /// True once the proxy is shutting down: a new transaction must be refused with 57P01.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     /// Records the user the client logged in as.

@@ -67,6 +67,8 @@ struct Opened {
     settings: Settings,
     /// Counts the client against its tenant's limit while it is connected.
     _slot: ClientSlot,
+    /// Marks the client's transaction boundaries; says when the proxy drains.
+    kick: Arc<KickSwitch>,
 }
 
 /// Serves one client from its startup parameters to its disconnect. Login and release run inside
@@ -87,6 +89,7 @@ pub async fn serve<C: AsyncRead + AsyncWrite + Unpin>(
     }
     let mut link = LinkState::Ready(TxStatus::Idle);
     let end = Relay::new(std::mem::take(&mut opened.early_bytes))
+        .with_kick(opened.kick.clone())
         .run(client, &mut opened.guard.conn().stream, &mut link)
         .await;
     close(shared, client, opened, end, link)
@@ -108,6 +111,7 @@ async fn serve_transactions<C: AsyncRead + AsyncWrite + Unpin>(
         tenant,
         settings,
         _slot,
+        kick,
     } = opened;
     let pool = guard.pool().clone();
     key.detach();
@@ -117,7 +121,7 @@ async fn serve_transactions<C: AsyncRead + AsyncWrite + Unpin>(
         let t = shared.catalog.snapshot().tenant(&slug).cloned()?;
         (t.status != TenantStatus::Disabled).then(|| shared.pools.pool_for(&t))
     };
-    let mut session = TxnSession::new(pool, &repool, &key, settings, early_bytes);
+    let mut session = TxnSession::new(pool, &repool, &key, &kick, settings, early_bytes);
     let end = session.run(client).await;
     async {
         match end {
@@ -145,6 +149,9 @@ async fn open<C: AsyncRead + AsyncWrite + Unpin>(
         Ok(ok) => ok,
         Err(e) => return Err(refuse(client, e).await),
     };
+    if shared.config.proxy.log_connections {
+        tracing::info!("client connected");
+    }
     let Some(slot) =
         shared
             .pools
@@ -208,6 +215,7 @@ async fn open<C: AsyncRead + AsyncWrite + Unpin>(
         tenant,
         settings: tracked,
         _slot: slot,
+        kick: req.kick,
     })
 }
 
@@ -232,6 +240,12 @@ async fn close<C: AsyncWrite + Unpin>(
             SessionEnd::ClientLeft
         }
         RelayEnd::ServerGone => SessionEnd::ServerGone,
+        RelayEnd::ShuttingDown => {
+            if let LinkState::Ready(status) = link {
+                guard.release(status, reset_timeout).await;
+            }
+            refuse(client, ClientError::shutting_down()).await
+        }
         RelayEnd::ClientProtocol(e) => refuse(client, ClientError::protocol(e.to_string())).await,
         RelayEnd::ServerProtocol(e) => {
             tracing::error!(error = %e, "backend broke the protocol");

@@ -7,6 +7,7 @@
 use std::future::poll_fn;
 use std::ops::ControlFlow;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -14,7 +15,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::state::LinkState;
+use crate::pool::KickSwitch;
 use crate::protocol::MAX_CLIENT_MESSAGE_LENGTH;
+use crate::protocol::TxStatus;
 use crate::protocol::frame::{Frame, FrameError, FrameScanner};
 
 /// Size of each direction's buffer: 32 KiB a client in all, so 10,000 clients fit in 320 MiB.
@@ -37,6 +40,9 @@ pub enum RelayEnd {
     ClientProtocol(FrameError),
     /// The backend sent a frame with an impossible length.
     ServerProtocol(FrameError),
+    /// The proxy is shutting down and the client began a new transaction; nothing of it was
+    /// sent to the backend.
+    ShuttingDown,
 }
 
 /// One direction: bytes read from one side, waiting to be written to the other.
@@ -95,6 +101,8 @@ pub struct Relay {
     to_server: Pipe,
     to_client: Pipe,
     client_done: bool,
+    /// The client's switch: marks transaction boundaries, and says when the proxy drains.
+    kick: Option<Arc<KickSwitch>>,
 }
 
 impl Default for Relay {
@@ -110,7 +118,15 @@ impl Relay {
             to_server: Pipe::new(MAX_CLIENT_MESSAGE_LENGTH, &client_bytes),
             to_client: Pipe::new(usize::MAX, &[]),
             client_done: false,
+            kick: None,
         }
+    }
+
+    /// Reports transaction boundaries to `kick`, and refuses a new transaction once the proxy
+    /// drains for shutdown.
+    pub fn with_kick(mut self, kick: Arc<KickSwitch>) -> Self {
+        self.kick = Some(kick);
+        self
     }
 
     /// Relays until either side leaves, keeping `link` up to date.
@@ -141,13 +157,28 @@ impl Relay {
 
     /// Scans what the client sent since the last scan: stops at Terminate, tracks the link.
     fn scan_client(&mut self, link: &mut LinkState) -> Result<(), RelayEnd> {
+        let kick = self.kick.as_deref();
+        let mut refused = false;
         let scanned = self.to_server.scan(|f| {
             if f.tag == b'X' {
                 return ControlFlow::Break(());
             }
+            // The first message after ReadyForQuery 'I' starts a transaction (or request).
+            if *link == LinkState::Ready(TxStatus::Idle)
+                && let Some(k) = kick
+            {
+                if k.is_draining() {
+                    refused = true;
+                    return ControlFlow::Break(());
+                }
+                k.set_busy(true);
+            }
             link.on_client_frame(f.tag);
             ControlFlow::Continue(())
         });
+        if refused {
+            return Err(RelayEnd::ShuttingDown);
+        }
         match scanned {
             Ok(stopped) => {
                 self.client_done = stopped;
@@ -214,9 +245,15 @@ impl Relay {
                     ReadOutcome::Closed => return Poll::Ready(RelayEnd::ServerGone),
                     ReadOutcome::Read => {
                         progress = true;
+                        let kick = self.kick.as_deref();
                         let scanned = self.to_client.scan(|f| {
                             if f.tag == b'Z' {
                                 link.on_ready_for_query(f.status);
+                                if *link == LinkState::Ready(TxStatus::Idle)
+                                    && let Some(k) = kick
+                                {
+                                    k.set_busy(false);
+                                }
                             }
                             ControlFlow::Continue(())
                         });

@@ -263,3 +263,80 @@ async fn serve_exits_cleanly_on_console_shutdown() {
             .expect("wait");
     assert!(status.success(), "exit status {status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_one_line_per_connection_start_and_end_without_secrets() {
+    let bed = bed();
+    let slug = unique("logs");
+    create_tenant_db(&bed.a, &slug).await;
+    let port = pgtenant::localpg::free_port().expect("port");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("pgtenant.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[listeners]]\naddress = \"127.0.0.1:{port}\"\n[proxy]\nlog_format = \"json\"\n{}{}",
+            bed.a.toml(SCRAM_ROLE),
+            tenant_toml(&slug, &bed.a, &slug, "")
+        ),
+    )
+    .expect("config");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("PGTENANT_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let served = eventually(Duration::from_secs(10), || async {
+        match connect(addr, "app", &slug).await {
+            Ok(c) => whoami(&c).await == slug,
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(served);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sigterm(&child, libc::SIGTERM);
+    let log = tokio::task::spawn_blocking(move || {
+        assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+        let mut log = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut log)
+            .expect("log");
+        log
+    })
+    .await
+    .expect("wait");
+    assert!(!log.contains(PASSWORD), "no secrets in logs");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let message = |v: &serde_json::Value| v["fields"]["message"].as_str().unwrap_or("").to_owned();
+    let ours = |v: &&serde_json::Value| v["span"]["tenant"].as_str() == Some(slug.as_str());
+    let started: Vec<_> = lines
+        .iter()
+        .filter(ours)
+        .filter(|v| message(v) == "client connected")
+        .collect();
+    assert!(!started.is_empty(), "{log}");
+    assert_eq!(started[0]["span"]["user"], "app");
+    assert!(
+        started[0]["span"]["peer"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("127.0.0.1:")
+    );
+    let ended: Vec<_> = lines
+        .iter()
+        .filter(ours)
+        .filter(|v| message(v) == "client disconnected")
+        .collect();
+    assert_eq!(
+        ended.len(),
+        started.len(),
+        "one end line per start line\n{log}"
+    );
+    assert!(ended[0]["fields"]["duration_ms"].is_u64(), "{log}");
+}

@@ -15,4 +15,5 @@ mod hostile;
 mod lifecycle;
 mod pooling;
 mod routing;
+mod shutdown;
 mod transaction;

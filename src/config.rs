@@ -395,6 +395,105 @@ impl Config {
         Ok(config)
     }
 
+    /// The settings as (key, value) text, for SHOW CONFIG and for telling what a reload changed.
+    /// No secrets: the catalog URL and passwords are left out on purpose; file tenants and
+    /// servers appear as a digest of their (redacted) contents.
+    pub fn summary(&self) -> Vec<(String, String)> {
+        let listeners: Vec<String> = self
+            .listeners
+            .iter()
+            .map(|l| format!("{} ({:?})", l.address, l.auth))
+            .collect();
+        let resolve: Vec<String> = self
+            .proxy
+            .resolve
+            .iter()
+            .map(|r| format!("{r:?}"))
+            .collect();
+        let (x, p) = (&self.proxy, &self.pool);
+        let digest = |text: String| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            text.hash(&mut h);
+            format!("{:016x}", h.finish())
+        };
+        let rows: Vec<(&str, String)> = vec![
+            ("listeners", listeners.join(", ")),
+            ("proxy.resolve", resolve.join(", ")),
+            ("proxy.startup_timeout_ms", x.startup_timeout_ms.to_string()),
+            (
+                "proxy.max_client_connections",
+                x.max_client_connections.to_string(),
+            ),
+            ("proxy.pause_timeout_ms", x.pause_timeout_ms.to_string()),
+            ("proxy.reset_timeout_ms", x.reset_timeout_ms.to_string()),
+            ("proxy.worker_threads", x.worker_threads.to_string()),
+            ("proxy.shutdown_grace_ms", x.shutdown_grace_ms.to_string()),
+            ("proxy.log_connections", x.log_connections.to_string()),
+            (
+                "proxy.log_format",
+                format!("{:?}", x.log_format).to_lowercase(),
+            ),
+            ("pool.mode", format!("{:?}", p.mode).to_lowercase()),
+            ("pool.size", p.size.to_string()),
+            ("pool.min_idle", p.min_idle.to_string()),
+            ("pool.idle_timeout_ms", p.idle_timeout_ms.to_string()),
+            ("pool.max_lifetime_ms", p.max_lifetime_ms.to_string()),
+            (
+                "pool.checkout_timeout_ms",
+                p.checkout_timeout_ms.to_string(),
+            ),
+            ("pool.connect_timeout_ms", p.connect_timeout_ms.to_string()),
+            ("pool.reset_query", p.reset_query.clone()),
+            (
+                "pool.max_client_connections",
+                p.max_client_connections.to_string(),
+            ),
+            (
+                "pool.server_max_connections",
+                p.server_max_connections.to_string(),
+            ),
+            ("pool.session_state", format!("{:?}", p.session_state)),
+            (
+                "pool.prepared_statements_per_connection",
+                p.prepared_statements_per_connection.to_string(),
+            ),
+            (
+                "catalog",
+                match &self.catalog {
+                    Some(c) => format!("postgres (reload every {} ms)", c.reload_interval_ms),
+                    None => "config file only".into(),
+                },
+            ),
+            (
+                "servers (file)",
+                format!(
+                    "{} ({})",
+                    self.servers.len(),
+                    digest(format!("{:?}", self.servers))
+                ),
+            ),
+            (
+                "tenants (file)",
+                format!(
+                    "{} ({})",
+                    self.tenants.len(),
+                    digest(format!("{:?}", self.tenants))
+                ),
+            ),
+            ("admin.database", self.admin.database.clone()),
+            (
+                "admin.users",
+                format!(
+                    "{} ({})",
+                    self.admin.users.len(),
+                    digest(format!("{:?}", self.admin.users))
+                ),
+            ),
+        ];
+        rows.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    }
+
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));

@@ -29,6 +29,8 @@ pub mod sqlstate {
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     /// Something went wrong inside the proxy.
     pub const INTERNAL_ERROR: &str = "XX000";
+    /// config_file_error (RELOAD of an invalid file).
+    pub const CONFIG_FILE_ERROR: &str = "F0000";
     /// syntax_error (an admin command pgtenant does not know).
     pub const SYNTAX_ERROR: &str = "42601";
     /// A prepared statement by that name already exists.

@@ -24,6 +24,7 @@
 //! - [`session`]: a client's life after login: parameter sync, the session relay, the
 //!   transaction-mode session (prepared statements, tracked settings, pinning), cancel routing.
 //! - [`server`]: the accept loop, connection permits and shutdown.
+//! - [`reload`]: re-reading the config file on SIGHUP or RELOAD.
 //! - [`admin`]: the admin console reached with psql through the reserved database name.
 //! - [`localpg`]: throwaway local Postgres clusters (quickstart and tests).
 //! - [`quickstart`]: a throwaway local cluster with two demo tenants.
@@ -51,6 +52,7 @@ pub mod pool;
 pub mod protocol;
 pub mod provision;
 pub mod quickstart;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod tenant;

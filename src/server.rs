@@ -35,8 +35,6 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// State every connection task shares, passed explicitly (no globals).
 pub struct Shared {
-    /// The configuration in force.
-    pub config: Arc<Config>,
     /// The routing snapshot and its sources.
     pub catalog: Arc<Catalog>,
     /// Backend pools by tenant.
@@ -51,9 +49,28 @@ pub struct Shared {
     /// Set when shutdown starts: clients finish their transaction and start no other.
     draining: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
+    config_path: std::sync::Mutex<Option<std::path::PathBuf>>,
 }
 
 impl Shared {
+    /// The configuration in force (swapped whole by a reload).
+    pub fn config(&self) -> Arc<Config> {
+        self.catalog.config()
+    }
+
+    /// Remembers the file the config came from, for reloads.
+    pub fn set_config_path(&self, path: std::path::PathBuf) {
+        *self.config_path.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
+    }
+
+    /// The file the config came from, if any.
+    pub fn config_path(&self) -> Option<std::path::PathBuf> {
+        self.config_path
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Asks the proxy to shut down as on SIGTERM (the admin console's SHUTDOWN).
     pub fn request_shutdown(&self) {
         let _ = self.stop.send(true);
@@ -92,7 +109,6 @@ pub async fn start(config: Config) -> std::io::Result<ProxyHandle> {
     let (stop, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         client_permits: Arc::new(Semaphore::new(config.proxy.max_client_connections)),
-        config: config.clone(),
         catalog,
         pools: Pools::default(),
         cancels: Arc::default(),
@@ -101,6 +117,7 @@ pub async fn start(config: Config) -> std::io::Result<ProxyHandle> {
         shutting_down: AtomicBool::new(false),
         draining: Arc::new(AtomicBool::new(false)),
         stop,
+        config_path: std::sync::Mutex::new(None),
     });
     let mut listeners = Vec::new();
     let mut addrs = Vec::new();
@@ -146,7 +163,7 @@ async fn run(
     stopped(&mut stop).await;
     tracing::info!("shutting down");
     // Accept loops end once every client has been told 57P01; give them a bounded moment.
-    let limit = shared.config.proxy.shutdown_grace() + SHUTDOWN_SLACK;
+    let limit = shared.config().proxy.shutdown_grace() + SHUTDOWN_SLACK;
     let drained =
         tokio::time::timeout(limit, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
@@ -200,7 +217,7 @@ async fn accept_loop(
 /// once with 57P01.
 async fn drain(shared: &Shared, clients: &mut JoinSet<()>) {
     shared.draining.store(true, Ordering::Release);
-    let deadline = tokio::time::Instant::now() + shared.config.proxy.shutdown_grace();
+    let deadline = tokio::time::Instant::now() + shared.config().proxy.shutdown_grace();
     let reason = ClientError::shutting_down();
     loop {
         let busy = shared.pools.kick_idle(&reason);
@@ -259,11 +276,11 @@ async fn handle_client(
     let started = tokio::time::Instant::now();
     let Ok(_permit) = shared.client_permits.clone().try_acquire_owned() else {
         tracing::warn!(parent: &span, "client refused: too many clients");
-        let limit = shared.config.proxy.max_client_connections;
+        let limit = shared.config().proxy.max_client_connections;
         write_error(socket, &ClientError::too_many_clients(limit)).await;
         return;
     };
-    let login_deadline = started + shared.config.proxy.startup_timeout();
+    let login_deadline = started + shared.config().proxy.startup_timeout();
     let mut early = BytesMut::new();
     let Some(hs) = first_packets(socket, &mut early, login_deadline)
         .instrument(span.clone())
@@ -283,7 +300,7 @@ async fn handle_client(
                 early,
                 kick,
             };
-            let end = if crate::admin::wants_console(&shared.config, &req.params) {
+            let end = if crate::admin::wants_console(&shared.config(), &req.params) {
                 crate::admin::serve(&shared, socket, req)
                     .instrument(span.clone())
                     .await

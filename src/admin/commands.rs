@@ -14,7 +14,7 @@ use crate::server::Shared;
 use crate::tenant::TenantStatus;
 
 /// What the console knows, for the error that answers anything else.
-const KNOWN: &str = "SHOW TENANTS, SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW CONFIG, SHOW VERSION, KILL tenant, SHUTDOWN";
+const KNOWN: &str = "SHOW TENANTS, SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW CONFIG, SHOW VERSION, KILL tenant, RELOAD, SHUTDOWN";
 
 /// Runs every `;`-separated command of a simple query, writing each answer; returns true when
 /// one was SHUTDOWN. An error ends the query, as in Postgres.
@@ -76,6 +76,28 @@ fn one(shared: &Shared, command: &str, out: &mut BytesMut) -> Result<Outcome, Cl
             tracing::info!(tenant, clients = n, "admin killed the tenant's clients");
             result::complete(out, "KILL");
         }
+        ["RELOAD"] => match crate::reload::reload(shared) {
+            Ok(report) => {
+                let rows: Vec<Vec<String>> = report
+                    .applied
+                    .into_iter()
+                    .map(|(k, v)| vec![k, v, "applied".into()])
+                    .chain(
+                        report
+                            .needs_restart
+                            .into_iter()
+                            .map(|(k, v)| vec![k, v, "needs restart".into()]),
+                    )
+                    .collect();
+                result::write(out, &["key", "value", "status"], &rows, "RELOAD");
+            }
+            Err(e) => {
+                return Err(ClientError::error(
+                    sqlstate::CONFIG_FILE_ERROR,
+                    e.to_string(),
+                ));
+            }
+        },
         ["SHUTDOWN"] => {
             tracing::info!("admin asked for shutdown");
             result::complete(out, "SHUTDOWN");
@@ -276,74 +298,11 @@ fn show_servers(shared: &Shared, out: &mut BytesMut) {
 }
 
 fn show_config(shared: &Shared, out: &mut BytesMut) {
-    let c = &shared.config;
-    let listeners: Vec<String> = c
-        .listeners
-        .iter()
-        .map(|l| format!("{} ({:?})", l.address, l.auth))
-        .collect();
-    let resolve: Vec<String> = c.proxy.resolve.iter().map(|r| format!("{r:?}")).collect();
-    let p = &c.pool;
-    // No secrets here: the catalog URL and passwords are left out on purpose.
-    let rows: Vec<(&str, String)> = vec![
-        ("listeners", listeners.join(", ")),
-        ("proxy.resolve", resolve.join(", ")),
-        (
-            "proxy.startup_timeout_ms",
-            c.proxy.startup_timeout_ms.to_string(),
-        ),
-        (
-            "proxy.max_client_connections",
-            c.proxy.max_client_connections.to_string(),
-        ),
-        (
-            "proxy.pause_timeout_ms",
-            c.proxy.pause_timeout_ms.to_string(),
-        ),
-        (
-            "proxy.reset_timeout_ms",
-            c.proxy.reset_timeout_ms.to_string(),
-        ),
-        ("proxy.worker_threads", c.proxy.worker_threads.to_string()),
-        ("pool.mode", mode_text(p.mode).into()),
-        ("pool.size", p.size.to_string()),
-        ("pool.min_idle", p.min_idle.to_string()),
-        ("pool.idle_timeout_ms", p.idle_timeout_ms.to_string()),
-        ("pool.max_lifetime_ms", p.max_lifetime_ms.to_string()),
-        (
-            "pool.checkout_timeout_ms",
-            p.checkout_timeout_ms.to_string(),
-        ),
-        ("pool.connect_timeout_ms", p.connect_timeout_ms.to_string()),
-        ("pool.reset_query", p.reset_query.clone()),
-        (
-            "pool.max_client_connections",
-            p.max_client_connections.to_string(),
-        ),
-        (
-            "pool.server_max_connections",
-            p.server_max_connections.to_string(),
-        ),
-        ("pool.session_state", format!("{:?}", p.session_state)),
-        (
-            "pool.prepared_statements_per_connection",
-            p.prepared_statements_per_connection.to_string(),
-        ),
-        (
-            "catalog",
-            if c.catalog.is_some() {
-                "postgres"
-            } else {
-                "config file only"
-            }
-            .into(),
-        ),
-        ("admin.database", c.admin.database.clone()),
-        ("admin.users", c.admin.users.len().to_string()),
-    ];
-    let rows: Vec<Vec<String>> = rows
+    let rows: Vec<Vec<String>> = shared
+        .config()
+        .summary()
         .into_iter()
-        .map(|(k, v)| vec![k.to_owned(), v])
+        .map(|(k, v)| vec![k, v])
         .collect();
     result::write(out, &["key", "value"], &rows, "SHOW");
 }

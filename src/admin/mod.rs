@@ -44,7 +44,7 @@ pub async fn serve<C: AsyncRead + AsyncWrite + Unpin>(
     tracing::Span::current().record("user", user.as_str());
     req.kick.set_user(&user);
     let stored = shared
-        .config
+        .config()
         .admin
         .users
         .iter()
@@ -64,7 +64,7 @@ pub async fn serve<C: AsyncRead + AsyncWrite + Unpin>(
     if let Err(e) = authenticated {
         return refuse(client, e).await;
     }
-    if shared.config.proxy.log_connections {
+    if shared.config().proxy.log_connections {
         tracing::info!(console = true, "client connected");
     }
     // Listed by SHOW CLIENTS, and closed at once by a shutdown drain.

@@ -156,9 +156,9 @@ fn init_logging(format: LogFormat) {
 
 async fn run(cli: Cli, loaded: Option<Config>) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config } => match loaded {
-            Some(c) => serve(c).await,
-            None => serve(Config::load(&config)?).await,
+        Command::Serve { config: path } => match loaded {
+            Some(c) => serve(c, path).await,
+            None => serve(Config::load(&path)?, path).await,
         },
         Command::Quickstart { port } => crate::quickstart::run(port).await,
         Command::Catalog {
@@ -228,7 +228,7 @@ pub async fn migrate_catalog(url: &Secret) -> anyhow::Result<Vec<i32>> {
         .context("applying catalog migrations")
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
     if let Some(c) = &config.catalog
         && c.migrate_on_start
     {
@@ -238,9 +238,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let proxy = crate::server::start(config)
         .await
         .context("starting listeners")?;
-    tokio::select! {
-        _ = wait_for_signal() => {}
-        _ = proxy.shutdown_requested() => {}
+    proxy.shared.set_config_path(path);
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = wait_for_signal() => break,
+            _ = proxy.shutdown_requested() => break,
+            Some(()) = hangup.recv() => {
+                if let Err(e) = crate::reload::reload(&proxy.shared) {
+                    tracing::error!(error = %e, "reload refused");
+                }
+            }
+        }
     }
     proxy.shutdown().await;
     Ok(())

@@ -149,7 +149,7 @@ async fn open<C: AsyncRead + AsyncWrite + Unpin>(
         Ok(ok) => ok,
         Err(e) => return Err(refuse(client, e).await),
     };
-    if shared.config.proxy.log_connections {
+    if shared.config().proxy.log_connections {
         tracing::info!("client connected");
     }
     let Some(slot) =
@@ -164,7 +164,7 @@ async fn open<C: AsyncRead + AsyncWrite + Unpin>(
         Ok(g) => g,
         Err(e) => return Err(refuse(client, e).await),
     };
-    let reset_timeout = Duration::from_millis(shared.config.proxy.reset_timeout_ms);
+    let reset_timeout = Duration::from_millis(shared.config().proxy.reset_timeout_ms);
     // Carry the client's settings over; a bad value fails the login as the backend would.
     let tracked = Settings::from_startup(&settings);
     let transaction_mode = tenant.pool.mode == PoolMode::Transaction;
@@ -229,7 +229,7 @@ async fn close<C: AsyncWrite + Unpin>(
 ) -> SessionEnd {
     let Opened { guard, key, .. } = opened;
     key.detach();
-    let reset_timeout = Duration::from_millis(shared.config.proxy.reset_timeout_ms);
+    let reset_timeout = Duration::from_millis(shared.config().proxy.reset_timeout_ms);
     match end {
         RelayEnd::ClientLeft => {
             match link {
@@ -269,7 +269,7 @@ async fn login<C: AsyncRead + AsyncWrite + Unpin>(
     rbuf: &mut BytesMut,
     req: &StartupRequest,
 ) -> Result<(Arc<Tenant>, Vec<(String, String)>), ClientError> {
-    let resolved = resolve(&req.params, &shared.config.proxy.resolve)?;
+    let resolved = resolve(&req.params, &shared.config().proxy.resolve)?;
     let span = tracing::Span::current();
     span.record("tenant", resolved.tenant.as_str());
     span.record("user", resolved.user.as_str());
@@ -302,7 +302,7 @@ async fn wait_until_active(
     if tenant.status == TenantStatus::Active {
         return Ok(tenant);
     }
-    let limit = Duration::from_millis(shared.config.proxy.pause_timeout_ms);
+    let limit = Duration::from_millis(shared.config().proxy.pause_timeout_ms);
     let started = Instant::now();
     let mut updates = shared.catalog.subscribe();
     let slug = tenant.slug.clone();

@@ -340,3 +340,57 @@ async fn json_logs_carry_one_line_per_connection_start_and_end_without_secrets()
     );
     assert!(ended[0]["fields"]["duration_ms"].is_u64(), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_file() {
+    let bed = bed();
+    let (t1, t2) = (unique("hup"), unique("hup"));
+    create_tenant_db(&bed.a, &t1).await;
+    create_tenant_db(&bed.a, &t2).await;
+    let port = pgtenant::localpg::free_port().expect("port");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("pgtenant.toml");
+    let base = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:{port}\"\n{}{}",
+        bed.a.toml(SCRAM_ROLE),
+        tenant_toml(&t1, &bed.a, &t1, "")
+    );
+    std::fs::write(&cfg, &base).expect("config");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            connect(addr, "app", &t1).await.is_ok()
+        })
+        .await
+    );
+    // An invalid file is refused and the proxy goes on; a valid one adds the tenant.
+    std::fs::write(&cfg, "[pool]\nsize = 0\n").expect("config");
+    sigterm(&child, libc::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        connect(addr, "app", &t1).await.is_ok(),
+        "the old config stays"
+    );
+    std::fs::write(&cfg, format!("{base}{}", tenant_toml(&t2, &bed.a, &t2, ""))).expect("config");
+    sigterm(&child, libc::SIGHUP);
+    let reloaded = eventually(Duration::from_secs(10), || async {
+        match connect(addr, "app", &t2).await {
+            Ok(c) => whoami(&c).await == t2,
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(reloaded, "SIGHUP brought the new tenant in");
+    sigterm(&child, libc::SIGTERM);
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(20)))
+            .await
+            .expect("wait");
+    assert!(status.success());
+}

@@ -9,6 +9,7 @@ pub mod postgres;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use super::snapshot::{Snapshot, SnapshotSource};
@@ -25,9 +26,12 @@ pub struct CatalogHealth {
 
 /// The live snapshot and how it is kept current.
 pub struct Catalog {
-    config: Arc<Config>,
+    /// The configuration in force; swapped whole on reload.
+    config: ArcSwap<Config>,
     snapshot: watch::Sender<Arc<Snapshot>>,
     health: Mutex<CatalogHealth>,
+    /// The last rows loaded from the catalog database, rebuilt on top of a reloaded config.
+    db_rows: Mutex<Option<(Vec<ServerConfig>, Vec<TenantConfig>)>>,
 }
 
 impl Catalog {
@@ -43,10 +47,43 @@ impl Catalog {
             tracing::warn!("{w}");
         }
         Arc::new(Catalog {
-            config,
+            config: ArcSwap::new(config),
             snapshot: watch::Sender::new(Arc::new(snapshot)),
             health: Mutex::default(),
+            db_rows: Mutex::default(),
         })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Puts a reloaded configuration in force and rebuilds the snapshot from its `[[servers]]`
+    /// and `[[tenants]]` plus the last catalog rows: new connections see it at once.
+    pub fn set_config(&self, config: Arc<Config>) {
+        self.config.store(config);
+        let rows = self
+            .db_rows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match rows {
+            Some((servers, tenants)) => self.install(servers, tenants),
+            None => {
+                let config = self.config();
+                let (snapshot, warnings) = Snapshot::build(
+                    &config.servers,
+                    &config.tenants,
+                    &config.pool,
+                    SnapshotSource::Toml,
+                );
+                for w in warnings {
+                    tracing::warn!("{w}");
+                }
+                self.snapshot.send_replace(Arc::new(snapshot));
+            }
+        }
     }
 
     /// The current routing table.
@@ -69,10 +106,13 @@ impl Catalog {
 
     /// Installs rows loaded from the catalog database on top of the config file's.
     pub fn install(&self, servers: Vec<ServerConfig>, tenants: Vec<TenantConfig>) {
+        *self.db_rows.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((servers.clone(), tenants.clone()));
+        let config = self.config();
         let all_servers: Vec<ServerConfig> =
-            self.config.servers.iter().cloned().chain(servers).collect();
+            config.servers.iter().cloned().chain(servers).collect();
         let all_tenants: Vec<TenantConfig> =
-            self.config.tenants.iter().cloned().chain(tenants).collect();
+            config.tenants.iter().cloned().chain(tenants).collect();
         // Later server rows win too: keep the last row per name.
         let mut dedup: Vec<ServerConfig> = Vec::with_capacity(all_servers.len());
         for s in all_servers.into_iter().rev() {
@@ -80,12 +120,8 @@ impl Catalog {
                 dedup.push(s);
             }
         }
-        let (snapshot, warnings) = Snapshot::build(
-            &dedup,
-            &all_tenants,
-            &self.config.pool,
-            SnapshotSource::Catalog,
-        );
+        let (snapshot, warnings) =
+            Snapshot::build(&dedup, &all_tenants, &config.pool, SnapshotSource::Catalog);
         for w in warnings {
             tracing::warn!("{w}");
         }
@@ -105,7 +141,7 @@ impl Catalog {
 
     /// The task that follows the catalog database, if one is configured; it runs until dropped.
     pub fn follower(self: &Arc<Self>) -> Option<impl Future<Output = ()> + Send + 'static> {
-        let db = self.config.catalog.clone()?;
+        let db = self.config().catalog.clone()?;
         Some(postgres::follow(self.clone(), db))
     }
 }

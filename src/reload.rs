@@ -1,0 +1,82 @@
+//! Reloading the config file (SIGHUP, or RELOAD on the admin console). What can change live
+//! does at once — pool settings, limits and timeouts, file tenants and servers, admin users,
+//! logging of connections, the shutdown grace — and new connections see it; what cannot
+//! (listeners, threads, log format, the client limit's semaphore, the catalog connection) keeps
+//! its old value and is reported as needing a restart. An invalid file changes nothing.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{Config, ConfigError};
+use crate::server::Shared;
+
+/// What a reload did.
+#[derive(Debug, Default)]
+pub struct ReloadReport {
+    /// Settings now in force with a new value: (key, value).
+    pub applied: Vec<(String, String)>,
+    /// Settings whose new value waits for a restart: (key, new value).
+    pub needs_restart: Vec<(String, String)>,
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The proxy was started without a file (tests, embedding).
+    #[error("pgtenant was not started from a config file; nothing to reload")]
+    NoFile,
+    /// The file is unreadable or invalid; the old config stays in force.
+    #[error("{0}; the running configuration is unchanged")]
+    Invalid(#[from] ConfigError),
+}
+
+/// Keys that only a restart applies.
+const RESTART_ONLY: &[&str] = &[
+    "listeners",
+    "proxy.worker_threads",
+    "proxy.log_format",
+    "proxy.max_client_connections",
+    "catalog",
+];
+
+/// Re-reads the file the proxy was started from and puts what can change live in force.
+pub fn reload(shared: &Shared) -> Result<ReloadReport, ReloadError> {
+    let path = shared.config_path().ok_or(ReloadError::NoFile)?;
+    let report = reload_from(shared, &path)?;
+    tracing::info!(
+        path = %path.display(),
+        applied = ?report.applied.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        needs_restart = ?report.needs_restart.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        "configuration reloaded"
+    );
+    Ok(report)
+}
+
+fn reload_from(shared: &Shared, path: &Path) -> Result<ReloadReport, ReloadError> {
+    let old = shared.config();
+    let wanted = Config::load(path)?;
+    let mut new = wanted.clone();
+    // What only a restart can apply keeps its running value, so SHOW CONFIG tells the truth.
+    new.listeners = old.listeners.clone();
+    new.proxy.worker_threads = old.proxy.worker_threads;
+    new.proxy.log_format = old.proxy.log_format;
+    new.proxy.max_client_connections = old.proxy.max_client_connections;
+    new.catalog = old.catalog.clone();
+    let before = old.summary();
+    let after = new.summary();
+    let mut report = ReloadReport::default();
+    for (key, value) in &after {
+        if before.iter().any(|(k, v)| k == key && v != value) {
+            report.applied.push((key.clone(), value.clone()));
+        }
+    }
+    for (key, value) in wanted.summary() {
+        if RESTART_ONLY.contains(&key.as_str())
+            && after.iter().any(|(k, v)| *k == key && *v != value)
+        {
+            report.needs_restart.push((key, value));
+        }
+    }
+    shared.catalog.set_config(Arc::new(new));
+    Ok(report)
+}

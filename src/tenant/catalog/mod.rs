@@ -37,15 +37,7 @@ pub struct Catalog {
 impl Catalog {
     /// A catalog serving the config file's tenants until the database (if any) loads.
     pub fn new(config: Arc<Config>) -> Arc<Self> {
-        let (snapshot, warnings) = Snapshot::build(
-            &config.servers,
-            &config.tenants,
-            &config.pool,
-            SnapshotSource::Toml,
-        );
-        for w in warnings {
-            tracing::warn!("{w}");
-        }
+        let snapshot = file_snapshot(&config);
         Arc::new(Catalog {
             config: ArcSwap::new(config),
             snapshot: watch::Sender::new(Arc::new(snapshot)),
@@ -71,17 +63,8 @@ impl Catalog {
         match rows {
             Some((servers, tenants)) => self.install(servers, tenants),
             None => {
-                let config = self.config();
-                let (snapshot, warnings) = Snapshot::build(
-                    &config.servers,
-                    &config.tenants,
-                    &config.pool,
-                    SnapshotSource::Toml,
-                );
-                for w in warnings {
-                    tracing::warn!("{w}");
-                }
-                self.snapshot.send_replace(Arc::new(snapshot));
+                self.snapshot
+                    .send_replace(Arc::new(file_snapshot(&self.config())));
             }
         }
     }
@@ -144,4 +127,19 @@ impl Catalog {
         let db = self.config().catalog.clone()?;
         Some(postgres::follow(self.clone(), db))
     }
+}
+
+/// The routing table of the config file's own servers and tenants; rows it cannot route are
+/// logged and left out.
+fn file_snapshot(config: &Config) -> Snapshot {
+    let (snapshot, warnings) = Snapshot::build(
+        &config.servers,
+        &config.tenants,
+        &config.pool,
+        SnapshotSource::Toml,
+    );
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    snapshot
 }

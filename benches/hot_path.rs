@@ -66,7 +66,7 @@ fn startup_parsing(c: &mut Criterion) {
         b.iter(|| black_box(startup::parse(black_box(&body)).is_ok()))
     });
     c.bench_function("tenant_resolve", |b| {
-        b.iter(|| black_box(resolve(black_box(&params), &strategies).is_ok()))
+        b.iter(|| black_box(resolve(black_box(&params), &strategies, None).is_ok()))
     });
 }
 

@@ -70,13 +70,35 @@ pub struct ListenerConfig {
     /// How clients on this listener prove who they are.
     #[serde(default)]
     pub auth: AuthMethod,
+    /// PEM certificate chain; with `tls_key_file`, clients may (or must) use TLS.
+    #[serde(default)]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of that certificate.
+    #[serde(default)]
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// Refuse clients that do not use TLS (28000).
+    #[serde(default)]
+    pub tls_required: bool,
 }
 
 fn default_listeners() -> Vec<ListenerConfig> {
-    vec![ListenerConfig {
-        address: SocketAddr::from(([127, 0, 0, 1], 6432)),
-        auth: AuthMethod::default(),
-    }]
+    vec![ListenerConfig::plain(SocketAddr::from((
+        [127, 0, 0, 1],
+        6432,
+    )))]
+}
+
+impl ListenerConfig {
+    /// A listener without TLS, with the default authentication.
+    pub fn plain(address: SocketAddr) -> Self {
+        ListenerConfig {
+            address,
+            auth: AuthMethod::default(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_required: false,
+        }
+    }
 }
 
 /// Client authentication method of a listener.
@@ -104,6 +126,8 @@ pub enum ResolveStrategy {
     UserSuffix,
     /// `options=-c pgtenant.tenant=slug`.
     Options,
+    /// The TLS server name: `acme.<proxy.sni_suffix>` names `acme`.
+    Sni,
 }
 
 /// Connection handling.
@@ -126,6 +150,9 @@ pub struct ProxyConfig {
     /// On shutdown, how long clients inside a transaction may take to finish it before they are
     /// closed with 57P01.
     pub shutdown_grace_ms: u64,
+    /// The domain under which a TLS server name's first label names the tenant (strategy
+    /// `sni`): with `db.example.com`, `acme.db.example.com` is tenant `acme`.
+    pub sni_suffix: String,
     /// A log line when a client has logged in (the line when it leaves is always written).
     pub log_connections: bool,
     /// `text` (one human-readable line per event) or `json` (one JSON object per line).
@@ -157,6 +184,7 @@ impl Default for ProxyConfig {
             reset_timeout_ms: 5_000,
             worker_threads: 1,
             shutdown_grace_ms: 10_000,
+            sni_suffix: String::new(),
             log_connections: true,
             log_format: LogFormat::Text,
         }
@@ -520,6 +548,23 @@ impl Config {
         }
         if self.pool.prepared_statements_per_connection == 0 {
             return bad("pool.prepared_statements_per_connection must be at least 1".into());
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.tls_cert_file.is_some() != l.tls_key_file.is_some() {
+                return bad(format!(
+                    "listeners[{i}] ({}): tls_cert_file and tls_key_file go together",
+                    l.address
+                ));
+            }
+            if l.tls_required && l.tls_cert_file.is_none() {
+                return bad(format!(
+                    "listeners[{i}] ({}): tls_required needs tls_cert_file and tls_key_file",
+                    l.address
+                ));
+            }
+        }
+        if self.proxy.resolve.contains(&ResolveStrategy::Sni) && self.proxy.sni_suffix.is_empty() {
+            return bad("proxy.resolve has \"sni\" but proxy.sni_suffix is empty".into());
         }
         if self.admin.database.is_empty() {
             return bad("admin.database must not be empty".into());

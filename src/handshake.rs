@@ -1,5 +1,6 @@
-//! The first packets of a connection: refuse SSLRequest/GSSENCRequest with 'N' (TLS is not
-//! configured), then read a StartupMessage or CancelRequest. Lengths are checked before any body
+//! The first packets of a connection: an SSLRequest is taken up when the listener offers TLS
+//! (the caller runs the TLS handshake) and refused with 'N' otherwise, as is GSSENCRequest;
+//! then a StartupMessage or CancelRequest. Lengths are checked before any body
 //! is read; the caller bounds the whole exchange with the startup timeout.
 
 use bytes::{Buf, BytesMut};
@@ -21,6 +22,9 @@ pub enum Handshake {
         /// Startup parameters; `user` is present.
         params: Vec<(String, String)>,
     },
+    /// The client asked for TLS and this listener offers it: answer 'S' and run the TLS
+    /// handshake, then negotiate again over TLS.
+    Tls,
     /// A cancel of another session's query.
     Cancel {
         /// Key process id.
@@ -60,10 +64,21 @@ impl From<StartupError> for HandshakeError {
 pub async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
+    offer_tls: bool,
 ) -> Result<Handshake, HandshakeError> {
     for _ in 0..=MAX_ENCRYPTION_REQUESTS {
         let body = read_packet(stream, buf).await?;
         match startup::parse(&body)? {
+            StartupPacket::SslRequest if offer_tls => {
+                // Bytes sent before the TLS handshake would be taken as if they came over TLS
+                // (CVE-2021-23214): refuse them, as Postgres does.
+                if !buf.is_empty() {
+                    return Err(HandshakeError::Rejected(ClientError::protocol(
+                        "received unencrypted data after SSL request",
+                    )));
+                }
+                return Ok(Handshake::Tls);
+            }
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
                 stream.write_all(b"N").await?
             }
@@ -139,7 +154,7 @@ mod tests {
             b"user\0app\0database\0acme\0\0",
         ));
         client.write_all(&input).await.expect("write");
-        let hs = negotiate(&mut server, &mut BytesMut::new())
+        let hs = negotiate(&mut server, &mut BytesMut::new(), false)
             .await
             .expect("negotiates");
         let mut answer = [0u8; 1];
@@ -155,7 +170,9 @@ mod tests {
         input.extend_from_slice(b"p\0\0\0\x08pw\0\0");
         client.write_all(&input).await.expect("write");
         let mut buf = BytesMut::new();
-        let hs = negotiate(&mut server, &mut buf).await.expect("negotiates");
+        let hs = negotiate(&mut server, &mut buf, false)
+            .await
+            .expect("negotiates");
         assert!(matches!(hs, Handshake::Startup { params } if params.len() == 1));
         assert_eq!(&buf[..], b"p\0\0\0\x08pw\0\0");
     }
@@ -174,7 +191,7 @@ mod tests {
             }
             client
         });
-        let hs = negotiate(&mut server, &mut BytesMut::new())
+        let hs = negotiate(&mut server, &mut BytesMut::new(), false)
             .await
             .expect("negotiates");
         assert!(matches!(hs, Handshake::Startup { params } if params.len() == 2));
@@ -182,11 +199,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn tls_is_taken_up_when_offered_and_early_bytes_are_refused() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let ssl = packet(crate::protocol::SSL_REQUEST_CODE, b"");
+        client.write_all(&ssl).await.expect("write");
+        let hs = negotiate(&mut server, &mut BytesMut::new(), true)
+            .await
+            .expect("negotiates");
+        assert!(matches!(hs, Handshake::Tls));
+        // Plaintext pipelined behind the SSLRequest would pass as TLS-protected: refused.
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let mut input = ssl.clone();
+        input.extend(packet(crate::protocol::PROTOCOL_3_0, b"user\0app\0\0"));
+        client.write_all(&input).await.expect("write");
+        let r = negotiate(&mut server, &mut BytesMut::new(), true).await;
+        assert!(matches!(r, Err(HandshakeError::Rejected(e)) if e.code == "08P01"));
+    }
+
+    #[tokio::test]
     async fn oversized_and_tiny_lengths_are_rejected() {
         for len in [0u32, 7, 10_001, u32::MAX] {
             let (mut client, mut server) = tokio::io::duplex(64);
             client.write_all(&len.to_be_bytes()).await.expect("write");
-            let r = negotiate(&mut server, &mut BytesMut::new()).await;
+            let r = negotiate(&mut server, &mut BytesMut::new(), false).await;
             assert!(
                 matches!(r, Err(HandshakeError::Rejected(e)) if e.code == "08P01"),
                 "len {len}"
@@ -201,7 +236,7 @@ mod tests {
             .write_all(&packet(0x0003_0002, b"user\0app\0_pq_.x\0y\0\0"))
             .await
             .expect("write");
-        let hs = negotiate(&mut server, &mut BytesMut::new())
+        let hs = negotiate(&mut server, &mut BytesMut::new(), false)
             .await
             .expect("negotiates");
         assert!(matches!(hs, Handshake::Startup { params } if params.len() == 1));
@@ -219,7 +254,7 @@ mod tests {
             .await
             .expect("write");
         assert!(matches!(
-            negotiate(&mut server, &mut BytesMut::new()).await,
+            negotiate(&mut server, &mut BytesMut::new(), false).await,
             Err(HandshakeError::Rejected(_))
         ));
     }

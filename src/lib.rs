@@ -24,6 +24,7 @@
 //! - [`session`]: a client's life after login: parameter sync, the session relay, the
 //!   transaction-mode session (prepared statements, tracked settings, pinning), cancel routing.
 //! - [`server`]: the accept loop, connection permits and shutdown.
+//! - [`tls`]: client-facing TLS acceptors per listener, reloadable.
 //! - [`reload`]: re-reading the config file on SIGHUP or RELOAD.
 //! - [`admin`]: the admin console reached with psql through the reserved database name.
 //! - [`localpg`]: throwaway local Postgres clusters (quickstart and tests).
@@ -56,4 +57,5 @@ pub mod reload;
 pub mod server;
 pub mod session;
 pub mod tenant;
+pub mod tls;
 pub mod wire;

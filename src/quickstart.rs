@@ -48,10 +48,7 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
         .await
         .context("creating the demo catalog and tenants")?;
     let config = Config {
-        listeners: vec![ListenerConfig {
-            address: ([127, 0, 0, 1], port).into(),
-            auth: crate::config::AuthMethod::ScramSha256,
-        }],
+        listeners: vec![ListenerConfig::plain(([127, 0, 0, 1], port).into())],
         catalog: Some(CatalogConfig {
             url: Secret::new(cluster.superuser_url("pgtenant_catalog")),
             migrate_on_start: false,

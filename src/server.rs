@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rand::RngCore;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -23,6 +23,7 @@ use crate::protocol::messages;
 use crate::session::cancel::CancelRegistry;
 use crate::session::{self, SessionEnd, StartupRequest};
 use crate::tenant::catalog::Catalog;
+use crate::tls::ListenerTls;
 
 /// How long shutdown waits, past the clients' grace, for their tasks to end.
 const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
@@ -50,6 +51,8 @@ pub struct Shared {
     draining: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
     config_path: std::sync::Mutex<Option<std::path::PathBuf>>,
+    /// Each listener's TLS, in config order; certificates reload in place.
+    pub tls: Vec<Arc<ListenerTls>>,
 }
 
 impl Shared {
@@ -107,6 +110,12 @@ pub async fn start(config: Config) -> std::io::Result<ProxyHandle> {
     let mut decoy_key = [0u8; 32];
     rand::rng().fill_bytes(&mut decoy_key);
     let (stop, stop_rx) = watch::channel(false);
+    let mut tls = Vec::new();
+    for l in &config.listeners {
+        tls.push(Arc::new(
+            ListenerTls::load(l).map_err(|e| std::io::Error::other(e.to_string()))?,
+        ));
+    }
     let shared = Arc::new(Shared {
         client_permits: Arc::new(Semaphore::new(config.proxy.max_client_connections)),
         catalog,
@@ -118,15 +127,23 @@ pub async fn start(config: Config) -> std::io::Result<ProxyHandle> {
         draining: Arc::new(AtomicBool::new(false)),
         stop,
         config_path: std::sync::Mutex::new(None),
+        tls: tls.clone(),
     });
     let mut listeners = Vec::new();
     let mut addrs = Vec::new();
-    for l in &config.listeners {
+    for (l, tls) in config.listeners.iter().zip(tls) {
         let listener = TcpListener::bind(l.address).await?;
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, auth = ?l.auth, "listening");
+        let offers_tls = tls.acceptor().is_some();
+        tracing::info!(%addr, auth = ?l.auth, tls = offers_tls, tls_required = tls.required, "listening");
         addrs.push(addr);
-        listeners.push((listener, l.clone()));
+        listeners.push((
+            listener,
+            Listener {
+                config: l.clone(),
+                tls,
+            },
+        ));
     }
     let task = tokio::spawn(run(shared.clone(), listeners, stop_rx));
     Ok(ProxyHandle {
@@ -138,7 +155,7 @@ pub async fn start(config: Config) -> std::io::Result<ProxyHandle> {
 
 async fn run(
     shared: Arc<Shared>,
-    listeners: Vec<(TcpListener, ListenerConfig)>,
+    listeners: Vec<(TcpListener, Listener)>,
     mut stop: watch::Receiver<bool>,
 ) {
     let follower = shared.catalog.follower().map(tokio::spawn);
@@ -179,7 +196,7 @@ async fn run(
 async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
-    cfg: ListenerConfig,
+    cfg: Listener,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut clients = JoinSet::new();
@@ -238,7 +255,8 @@ async fn drain(shared: &Shared, clients: &mut JoinSet<()>) {
 /// A client's socket. If its task is dropped while the proxy shuts down, it says goodbye with
 /// 57P01 on the way out: no per-wakeup cost for watching the shutdown signal.
 struct ClientSocket {
-    stream: TcpStream,
+    /// None once a TLS handshake took it over (a TLS goodbye cannot be written from Drop).
+    stream: Option<TcpStream>,
     shared: Arc<Shared>,
     kick: Arc<KickSwitch>,
 }
@@ -250,10 +268,10 @@ impl Drop for ClientSocket {
         } else {
             self.kick.reason().cloned()
         };
-        if let Some(reason) = reason {
+        if let (Some(reason), Some(stream)) = (reason, &self.stream) {
             let mut out = BytesMut::new();
             messages::error_response(&mut out, &reason);
-            let _ = self.stream.try_write(&out);
+            let _ = stream.try_write(&out);
         }
     }
 }
@@ -262,17 +280,19 @@ impl Drop for ClientSocket {
 async fn handle_client(
     shared: Arc<Shared>,
     socket: TcpStream,
-    cfg: ListenerConfig,
+    listener: Listener,
     span: Span,
     kick: Arc<KickSwitch>,
 ) {
     let _ = socket.set_nodelay(true);
     let mut client = ClientSocket {
-        stream: socket,
+        stream: Some(socket),
         shared: shared.clone(),
         kick: kick.clone(),
     };
-    let socket = &mut client.stream;
+    let Some(socket) = client.stream.as_mut() else {
+        return;
+    };
     let started = tokio::time::Instant::now();
     let Ok(_permit) = shared.client_permits.clone().try_acquire_owned() else {
         tracing::warn!(parent: &span, "client refused: too many clients");
@@ -280,53 +300,136 @@ async fn handle_client(
         write_error(socket, &ClientError::too_many_clients(limit)).await;
         return;
     };
-    let login_deadline = started + shared.config().proxy.startup_timeout();
+    let login = Login {
+        shared: &shared,
+        auth: listener.config.auth,
+        deadline: started + shared.config().proxy.startup_timeout(),
+        started,
+        span: &span,
+        kick,
+    };
+    let offer = listener.tls.acceptor();
     let mut early = BytesMut::new();
-    let Some(hs) = first_packets(socket, &mut early, login_deadline)
+    let Some(hs) = first_packets(socket, &mut early, login.deadline, offer.is_some())
         .instrument(span.clone())
         .await
     else {
         return;
     };
-    match hs {
-        Handshake::Cancel { pid, secret } => {
-            shared.cancels.cancel(pid, &secret).instrument(span).await
+    match (hs, offer) {
+        (Handshake::Tls, Some(acceptor)) => {
+            if socket.write_all(b"S").await.is_err() {
+                return;
+            }
+            let Some(tcp) = client.stream.take() else {
+                return;
+            };
+            let mut tls = match tokio::time::timeout_at(login.deadline, acceptor.accept(tcp)).await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::info!(parent: &span, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let sni = tls.get_ref().1.server_name().map(str::to_owned);
+            let mut early = BytesMut::new();
+            let Some(hs) = first_packets(&mut tls, &mut early, login.deadline, false)
+                .instrument(span.clone())
+                .await
+            else {
+                return;
+            };
+            login.serve(&mut tls, hs, early, sni).await;
         }
-        Handshake::Startup { params } => {
-            let req = StartupRequest {
-                params,
-                auth: cfg.auth,
-                login_deadline,
-                early,
-                kick,
-            };
-            let end = if crate::admin::wants_console(&shared.config(), &req.params) {
-                crate::admin::serve(&shared, socket, req)
+        (hs @ Handshake::Startup { .. }, _) if listener.tls.required => {
+            let _ = hs;
+            tracing::info!(parent: &span, "client refused: TLS required");
+            let e = ClientError::fatal(
+                crate::error::sqlstate::INVALID_AUTHORIZATION,
+                "this listener requires TLS; connect with sslmode=require",
+            );
+            write_error(socket, &e).await;
+        }
+        (hs, _) => login.serve(socket, hs, early, None).await,
+    }
+}
+
+/// A listener's settings and TLS, as each of its connections needs them.
+#[derive(Clone)]
+struct Listener {
+    config: ListenerConfig,
+    tls: Arc<ListenerTls>,
+}
+
+/// What a connection carries from accept to login.
+struct Login<'a> {
+    shared: &'a Arc<Shared>,
+    auth: crate::config::AuthMethod,
+    deadline: tokio::time::Instant,
+    started: tokio::time::Instant,
+    span: &'a Span,
+    kick: Arc<KickSwitch>,
+}
+
+impl Login<'_> {
+    /// Serves the session (or cancel) the handshake asked for, over plain TCP or TLS.
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        self,
+        stream: &mut S,
+        hs: Handshake,
+        early: BytesMut,
+        sni: Option<String>,
+    ) {
+        let (shared, span) = (self.shared, self.span);
+        let params = match hs {
+            Handshake::Cancel { pid, secret } => {
+                return shared
+                    .cancels
+                    .cancel(pid, &secret)
                     .instrument(span.clone())
-                    .await
-            } else {
-                session::serve(&shared, socket, req, &span).await
-            };
-            let ms = started.elapsed().as_millis() as u64;
-            match end {
-                SessionEnd::Refused(e) => {
-                    tracing::info!(parent: &span, duration_ms = ms, error = %e, "client refused")
-                }
-                other => {
-                    tracing::info!(parent: &span, duration_ms = ms, end = ?other, "client disconnected")
-                }
+                    .await;
+            }
+            // A second SSLRequest inside TLS was answered 'N' by negotiate; this cannot be.
+            Handshake::Tls => return,
+            Handshake::Startup { params } => params,
+        };
+        let req = StartupRequest {
+            params,
+            auth: self.auth,
+            login_deadline: self.deadline,
+            early,
+            kick: self.kick,
+            sni,
+        };
+        let end = if crate::admin::wants_console(&shared.config(), &req.params) {
+            crate::admin::serve(shared, stream, req)
+                .instrument(span.clone())
+                .await
+        } else {
+            session::serve(shared, stream, req, span).await
+        };
+        let ms = self.started.elapsed().as_millis() as u64;
+        match end {
+            SessionEnd::Refused(e) => {
+                tracing::info!(parent: span, duration_ms = ms, error = %e, "client refused")
+            }
+            other => {
+                tracing::info!(parent: span, duration_ms = ms, end = ?other, "client disconnected")
             }
         }
     }
 }
 
 /// The handshake under the login deadline; `None` when the client was answered or left.
-async fn first_packets(
-    socket: &mut TcpStream,
+async fn first_packets<S: AsyncRead + AsyncWrite + Unpin>(
+    socket: &mut S,
     early: &mut BytesMut,
     deadline: tokio::time::Instant,
+    offer_tls: bool,
 ) -> Option<Handshake> {
-    match tokio::time::timeout_at(deadline, handshake::negotiate(socket, early)).await {
+    match tokio::time::timeout_at(deadline, handshake::negotiate(socket, early, offer_tls)).await {
         Err(_) => {
             tracing::info!("client sent no startup packet in time");
             write_error(socket, &ClientError::protocol("startup timed out")).await;
@@ -350,7 +453,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn write_error(socket: &mut TcpStream, err: &ClientError) {
+async fn write_error<S: AsyncWrite + Unpin>(socket: &mut S, err: &ClientError) {
     let mut out = BytesMut::new();
     messages::error_response(&mut out, err);
     let _ = tokio::time::timeout(Duration::from_secs(1), socket.write_all(&out)).await;

@@ -24,7 +24,7 @@ use crate::error::ClientError;
 use crate::pool::{BackendError, CheckoutError, ClientSlot, KickSwitch, PooledConn};
 use crate::protocol::{TxStatus, messages};
 use crate::server::Shared;
-use crate::tenant::resolve::resolve;
+use crate::tenant::resolve::{TlsServerName, resolve};
 use crate::tenant::{Tenant, TenantStatus};
 use relay::{Relay, RelayEnd};
 use state::LinkState;
@@ -54,6 +54,8 @@ pub struct StartupRequest {
     pub early: BytesMut,
     /// Ends this client's task when its tenant is disabled.
     pub kick: Arc<KickSwitch>,
+    /// The TLS server name the client sent, if it came over TLS with one.
+    pub sni: Option<String>,
 }
 
 /// A logged-in client with its backend connection, ready to relay.
@@ -269,7 +271,12 @@ async fn login<C: AsyncRead + AsyncWrite + Unpin>(
     rbuf: &mut BytesMut,
     req: &StartupRequest,
 ) -> Result<(Arc<Tenant>, Vec<(String, String)>), ClientError> {
-    let resolved = resolve(&req.params, &shared.config().proxy.resolve)?;
+    let config = shared.config();
+    let sni = req.sni.as_deref().map(|host| TlsServerName {
+        host,
+        suffix: &config.proxy.sni_suffix,
+    });
+    let resolved = resolve(&req.params, &config.proxy.resolve, sni)?;
     let span = tracing::Span::current();
     span.record("tenant", resolved.tenant.as_str());
     span.record("user", resolved.user.as_str());

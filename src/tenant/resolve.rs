@@ -18,11 +18,33 @@ pub struct Resolved {
     pub settings: Vec<(String, String)>,
 }
 
+/// The TLS server name a client sent, and the domain under which a first label names a tenant.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsServerName<'a> {
+    /// The host name from the ClientHello.
+    pub host: &'a str,
+    /// `db.example.com`: `acme.db.example.com` names tenant `acme`.
+    pub suffix: &'a str,
+}
+
+/// `acme.db.example.com` under `db.example.com` → `acme`; a name outside the domain, or with
+/// more than one label in front of it, names nobody.
+pub fn tenant_from_sni(host: &str, suffix: &str) -> Option<String> {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let suffix = suffix.trim_matches('.').to_ascii_lowercase();
+    if suffix.is_empty() {
+        return None;
+    }
+    let label = host.strip_suffix(&suffix)?.strip_suffix('.')?;
+    (!label.is_empty() && !label.contains('.')).then(|| label.to_owned())
+}
+
 /// Resolves the tenant from startup `params`. Every strategy that yields a tenant must agree;
 /// the first one in `strategies` wins otherwise.
 pub fn resolve(
     params: &[(String, String)],
     strategies: &[ResolveStrategy],
+    sni: Option<TlsServerName<'_>>,
 ) -> Result<Resolved, ClientError> {
     let get = |name: &str| {
         params
@@ -51,6 +73,9 @@ pub fn resolve(
                 .iter()
                 .find(|(n, _)| n == TENANT_OPTION)
                 .map(|(_, v)| ("options parameter", v.clone())),
+            ResolveStrategy::Sni => sni
+                .and_then(|s| tenant_from_sni(s.host, s.suffix))
+                .map(|t| ("TLS server name", t)),
         };
         match (&found, candidate) {
             (_, None) => {}
@@ -233,11 +258,43 @@ mod tests {
             (&[("user", "app"), ("options", "-x")], &all, Err("08P01")),
         ];
         for (p, strategies, want) in cases {
-            let got = resolve(&params(p), strategies)
+            let got = resolve(&params(p), strategies, None)
                 .map(|r| (r.tenant, r.user))
                 .map_err(|e| e.code);
             assert_eq!(got, want, "{p:?} with {strategies:?}");
         }
+    }
+
+    #[test]
+    fn sni_names_a_tenant_under_the_configured_domain() {
+        for (host, want) in [
+            ("acme.db.example.com", Some("acme")),
+            ("ACME.DB.Example.com.", Some("acme")),
+            ("db.example.com", None),
+            ("a.b.db.example.com", None),
+            ("acme.db.example.org", None),
+            ("acmedb.example.com", None),
+            ("localhost", None),
+        ] {
+            assert_eq!(
+                tenant_from_sni(host, "db.example.com").as_deref(),
+                want,
+                "{host}"
+            );
+        }
+        assert_eq!(tenant_from_sni("acme.db.example.com", ""), None);
+        let sni = TlsServerName {
+            host: "acme.db.example.com",
+            suffix: "db.example.com",
+        };
+        let p = params(&[("user", "app"), ("database", "globex")]);
+        let r = resolve(&p, &[Sni], Some(sni)).expect("resolves");
+        assert_eq!(r.tenant, "acme");
+        let conflict = resolve(&p, &[Database, Sni], Some(sni)).expect_err("disagree");
+        assert_eq!(conflict.code, "08004");
+        // Without TLS the strategy says nothing.
+        let r = resolve(&p, &[Database, Sni], None).expect("resolves");
+        assert_eq!(r.tenant, "globex");
     }
 
     #[test]
@@ -266,6 +323,7 @@ mod tests {
                 ("options", "-c pgtenant.tenant=acme -c work_mem=64kB"),
             ]),
             &[Options],
+            None,
         )
         .expect("resolves");
         assert_eq!(

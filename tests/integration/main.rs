@@ -16,4 +16,5 @@ mod lifecycle;
 mod pooling;
 mod routing;
 mod shutdown;
+mod tls;
 mod transaction;

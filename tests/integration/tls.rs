@@ -1,0 +1,218 @@
+//! Client-facing TLS with a CA made at test time: sslmode=require and verify-full through psql,
+//! tenant resolution from the TLS server name, a listener that requires TLS, refused early
+//! bytes, and certificates renewed by RELOAD while a TLS session stays up.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::*;
+
+/// A CA and a server certificate it signed (for localhost, 127.0.0.1 and *.db.test), as files.
+struct Pki {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn make_pki(dir: &Path, tag: &str) -> Pki {
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("pgtenant test CA {tag}"));
+    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+    let key = rcgen::KeyPair::generate().expect("server key");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "*.db.test".to_string()])
+            .expect("params");
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+    let cert = params.signed_by(&key, &ca, &ca_key).expect("server cert");
+    let pki = Pki {
+        ca: dir.join(format!("ca-{tag}.pem")),
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+    };
+    std::fs::write(&pki.ca, ca.pem()).expect("ca file");
+    std::fs::write(&pki.cert, cert.pem()).expect("cert file");
+    std::fs::write(&pki.key, key.serialize_pem()).expect("key file");
+    pki
+}
+
+/// A slug that is also a valid DNS label.
+fn dns_slug() -> String {
+    unique("tls").replace('_', "x")
+}
+
+fn psql(conninfo: &str, sql: &str) -> (bool, String, String) {
+    run(Command::new(pg_bin("psql"))
+        .args(["-X", "-A", "-t", "-d", conninfo, "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "10"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_clients_verify_the_proxy_and_name_tenants_by_server_name() {
+    let bed = bed();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = make_pki(dir.path(), "one");
+    let (t1, t2) = (dns_slug(), dns_slug());
+    create_tenant_db(&bed.a, &t1).await;
+    create_tenant_db(&bed.a, &t2).await;
+    let admin_hash = postgres_protocol::password::scram_sha_256(b"admin-pw");
+    let path = dir.path().join("pgtenant.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n\
+             [[listeners]]\naddress = \"127.0.0.1:0\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\ntls_required = true\n\
+             [proxy]\nresolve = [\"sni\", \"user_suffix\", \"options\"]\nsni_suffix = \"db.test\"\n\
+             [[admin.users]]\nname = \"dba\"\npassword_hash = \"{admin_hash}\"\n{}{}{}",
+            pki.cert.display(),
+            pki.key.display(),
+            pki.cert.display(),
+            pki.key.display(),
+            bed.a.toml(SCRAM_ROLE),
+            tenant_toml(&t1, &bed.a, &t1, ""),
+            tenant_toml(&t2, &bed.a, &t2, ""),
+        ),
+    )
+    .expect("config");
+    let proxy = pgtenant::server::start(pgtenant::config::Config::load(&path).expect("valid"))
+        .await
+        .expect("starts");
+    proxy.shared.set_config_path(path.clone());
+    let (open, strict) = (proxy.addrs[0].port(), proxy.addrs[1].port());
+    let conninfo = |port: u16, rest: &str| format!("host=127.0.0.1 port={port} {rest}");
+
+    // sslmode=require: encrypted, tenant from the user suffix.
+    let (ok, out, err) = psql(
+        &conninfo(open, &format!("user=app.{t1} sslmode=require")),
+        "SELECT name FROM whoami",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), t1);
+    // verify-full against the test CA, by name and by address.
+    let ca = pki.ca.display().to_string();
+    for host in ["host=localhost hostaddr=127.0.0.1", "host=127.0.0.1"] {
+        let (ok, out, err) = psql(
+            &format!("{host} port={open} user=app.{t1} sslmode=verify-full sslrootcert={ca}"),
+            "SELECT name FROM whoami",
+        );
+        assert!(ok, "{host}: {err}");
+        assert_eq!(out.trim(), t1);
+    }
+    // The server name alone names the tenant.
+    let (ok, out, err) = psql(
+        &format!(
+            "host={t2}.db.test hostaddr=127.0.0.1 port={open} user=app sslmode=verify-full sslrootcert={ca}"
+        ),
+        "SELECT name FROM whoami",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), t2);
+    // A server name and a user suffix that disagree are refused.
+    let (ok, _, err) = psql(
+        &format!(
+            "host={t2}.db.test hostaddr=127.0.0.1 port={open} user=app.{t1} sslmode=verify-full sslrootcert={ca}"
+        ),
+        "SELECT 1",
+    );
+    assert!(!ok && err.contains("conflicting tenants"), "{err}");
+    // Plaintext still works on the first listener, not on the second.
+    let (ok, out, _) = psql(
+        &conninfo(open, &format!("user=app.{t1} sslmode=disable")),
+        "SELECT name FROM whoami",
+    );
+    assert!(ok);
+    assert_eq!(out.trim(), t1);
+    let (ok, _, err) = psql(
+        &conninfo(strict, &format!("user=app.{t1} sslmode=disable")),
+        "SELECT 1",
+    );
+    assert!(!ok && err.contains("requires TLS"), "{err}");
+    let (ok, out, err) = psql(
+        &conninfo(strict, &format!("user=app.{t1} sslmode=require")),
+        "SELECT name FROM whoami",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), t1);
+
+    // Renewed certificates (from another CA) go in force on RELOAD; a TLS session stays up.
+    let held = Command::new(pg_bin("psql"))
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-d",
+            &conninfo(open, &format!("user=app.{t1} sslmode=require")),
+            "-c",
+            "SELECT pg_sleep(2)",
+            "-c",
+            "SELECT name FROM whoami",
+        ])
+        .env("PGPASSWORD", PASSWORD)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("psql");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let renewed = make_pki(dir.path(), "two");
+    let admin = connect_with(proxy.addrs[0], "dba", "admin-pw", "pgtenant", "")
+        .await
+        .expect("console");
+    let report = admin.simple_query("RELOAD").await.expect("reload");
+    let reloaded = report.iter().any(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0) == Some("listeners[0] certificate"),
+        _ => false,
+    });
+    assert!(reloaded, "the report names the reloaded certificate");
+    let new_ca = renewed.ca.display().to_string();
+    let (ok, _, err) = psql(
+        &format!(
+            "host=localhost hostaddr=127.0.0.1 port={open} user=app.{t1} sslmode=verify-full sslrootcert={ca}"
+        ),
+        "SELECT 1",
+    );
+    assert!(!ok, "the old CA no longer verifies the proxy: {err}");
+    let (ok, _, err) = psql(
+        &format!(
+            "host=localhost hostaddr=127.0.0.1 port={open} user=app.{t1} sslmode=verify-full sslrootcert={new_ca}"
+        ),
+        "SELECT 1",
+    );
+    assert!(ok, "the new certificate is in force: {err}");
+    let out = tokio::task::spawn_blocking(move || held.wait_with_output().expect("psql ends"))
+        .await
+        .expect("task");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&t1),
+        "the held session went on"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_with_a_bad_certificate_does_not_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = dir.path().join("missing.pem");
+    let toml = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\ntls_cert_file = \"{0}\"\ntls_key_file = \"{0}\"\n",
+        cert.display()
+    );
+    let config = pgtenant::config::Config::from_toml(&toml).expect("valid toml");
+    let err = pgtenant::server::start(config)
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("missing.pem"), "{err}");
+    let half = "[[listeners]]\naddress = \"127.0.0.1:0\"\ntls_required = true\n";
+    let err = pgtenant::config::Config::from_toml(half).expect_err("invalid");
+    assert!(err.to_string().contains("tls_required needs"), "{err}");
+}

@@ -24,6 +24,7 @@
 //! - [`session`]: a client's life after login: parameter sync, the session relay, the
 //!   transaction-mode session (prepared statements, tracked settings, pinning), cancel routing.
 //! - [`server`]: the accept loop, connection permits and shutdown.
+//! - [`stats`]: per-tenant usage counters, added once per transaction.
 //! - [`tls`]: client-facing TLS acceptors per listener, reloadable.
 //! - [`reload`]: re-reading the config file on SIGHUP or RELOAD.
 //! - [`admin`]: the admin console reached with psql through the reserved database name.
@@ -56,6 +57,7 @@ pub mod quickstart;
 pub mod reload;
 pub mod server;
 pub mod session;
+pub mod stats;
 pub mod tenant;
 pub mod tls;
 pub mod wire;

@@ -14,7 +14,7 @@ use crate::server::Shared;
 use crate::tenant::TenantStatus;
 
 /// What the console knows, for the error that answers anything else.
-const KNOWN: &str = "SHOW TENANTS, SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW CONFIG, SHOW VERSION, KILL tenant, RELOAD, SHUTDOWN";
+const KNOWN: &str = "SHOW TENANTS, SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW CONFIG, SHOW VERSION, KILL tenant, RELOAD, SHUTDOWN";
 
 /// Runs every `;`-separated command of a simple query, writing each answer; returns true when
 /// one was SHUTDOWN. An error ends the query, as in Postgres.
@@ -56,6 +56,7 @@ fn one(shared: &Shared, command: &str, out: &mut BytesMut) -> Result<Outcome, Cl
         ["SHOW", "CLIENTS"] => show_clients(shared, out),
         ["SHOW", "SERVERS"] => show_servers(shared, out),
         ["SHOW", "CONFIG"] => show_config(shared, out),
+        ["SHOW", "STATS"] => show_stats(shared, out),
         ["SHOW", "VERSION"] => result::write(
             out,
             &["version"],
@@ -291,6 +292,46 @@ fn show_servers(shared: &Shared, out: &mut BytesMut) {
             "idle",
             "waiting",
             "tenants",
+        ],
+        &rows,
+        "SHOW",
+    );
+}
+
+fn show_stats(shared: &Shared, out: &mut BytesMut) {
+    let avg = |total: u64, n: u64| total.checked_div(n).unwrap_or(0).to_string();
+    let rows: Vec<Vec<String>> = shared
+        .pools
+        .stats_rows()
+        .into_iter()
+        .map(|(tenant, s)| {
+            vec![
+                tenant,
+                s.transactions.to_string(),
+                s.queries.to_string(),
+                s.bytes_in.to_string(),
+                s.bytes_out.to_string(),
+                s.xact_time_us.to_string(),
+                avg(s.xact_time_us, s.transactions),
+                s.waits.to_string(),
+                s.wait_time_us.to_string(),
+                avg(s.wait_time_us, s.waits),
+            ]
+        })
+        .collect();
+    result::write(
+        out,
+        &[
+            "tenant",
+            "xact_count",
+            "query_count",
+            "bytes_received",
+            "bytes_sent",
+            "xact_time_us",
+            "avg_xact_us",
+            "wait_count",
+            "wait_time_us",
+            "avg_wait_us",
         ],
         &rows,
         "SHOW",

@@ -17,6 +17,7 @@ pub use backend::{BackendConn, BackendError};
 pub use budget::{BudgetUsage, ServerBudget};
 
 use crate::protocol::TxStatus;
+use crate::stats::TenantStats;
 use crate::tenant::snapshot::Snapshot;
 use crate::tenant::{BackendTarget, PoolSettings, Tenant, TenantStatus};
 use budget::{Grant, PoolId, Take};
@@ -41,6 +42,7 @@ pub struct Pools {
     pools: Mutex<HashMap<String, Arc<TenantPool>>>,
     servers: Mutex<HashMap<String, Arc<ServerBudget>>>,
     clients: Mutex<HashMap<String, Arc<TenantClients>>>,
+    stats: Mutex<HashMap<String, Arc<TenantStats>>>,
     next_id: AtomicU64,
 }
 
@@ -76,7 +78,12 @@ impl Pools {
             return p.clone();
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let fresh = Arc::new(TenantPool::new(tenant, id, self.budget(&tenant.backend)));
+        let fresh = Arc::new(TenantPool::new(
+            tenant,
+            id,
+            self.budget(&tenant.backend),
+            self.stats_for(&tenant.slug),
+        ));
         if let Some(old) = pools.insert(tenant.slug.clone(), fresh.clone()) {
             tracing::info!(tenant = %tenant.slug, from = ?old.target, to = ?tenant.backend, "tenant pool replaced");
             old.retire();
@@ -108,6 +115,20 @@ impl Pools {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         clients.members().insert(id, kick.clone());
         Some(ClientSlot { clients, id })
+    }
+
+    /// The usage counters of `tenant`, made on first use; they outlive pool replacements.
+    pub fn stats_for(&self, tenant: &str) -> Arc<TenantStats> {
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.entry(tenant.to_owned()).or_default().clone()
+    }
+
+    /// Every tenant's counters, by slug.
+    pub fn stats_rows(&self) -> Vec<(String, crate::stats::StatsRow)> {
+        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rows: Vec<_> = stats.iter().map(|(k, v)| (k.clone(), v.read())).collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows
     }
 
     /// Ends the tasks of every connected client of `tenant`, telling each `reason`; returns how
@@ -247,6 +268,10 @@ impl Pools {
         self.kick_unservable(snapshot);
         let pools: Vec<Arc<TenantPool>> = {
             let mut map = self.lock();
+            self.stats
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|slug, _| snapshot.tenant(slug).is_some());
             map.retain(|slug, pool| {
                 let keep = snapshot.tenant(slug).is_some();
                 if !keep {
@@ -418,10 +443,17 @@ pub struct TenantPool {
     id: PoolId,
     server: Arc<ServerBudget>,
     retired: AtomicBool,
+    /// The tenant's usage counters (shared with its sessions, kept across pool replacements).
+    pub stats: Arc<TenantStats>,
 }
 
 impl TenantPool {
-    fn new(tenant: &Tenant, id: PoolId, server: Arc<ServerBudget>) -> Self {
+    fn new(
+        tenant: &Tenant,
+        id: PoolId,
+        server: Arc<ServerBudget>,
+        stats: Arc<TenantStats>,
+    ) -> Self {
         server.add_pool(id, tenant.pool.size as usize);
         TenantPool {
             tenant: tenant.slug.clone(),
@@ -430,6 +462,7 @@ impl TenantPool {
             id,
             server,
             retired: AtomicBool::new(false),
+            stats,
         }
     }
 
@@ -464,12 +497,15 @@ impl TenantPool {
         let grant = match self.server.take(self.id) {
             Take::Now(g) => g,
             Take::Wait(waiter, rx) => {
+                let started = tokio::time::Instant::now();
                 let mut wait = Wait {
                     pool: self,
                     waiter,
                     rx: Some(rx),
                 };
-                wait.until(deadline, limit).await?
+                let got = wait.until(deadline, limit).await;
+                self.stats.record_wait(started.elapsed());
+                got?
             }
         };
         let conn = match grant {

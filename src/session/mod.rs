@@ -91,7 +91,7 @@ pub async fn serve<C: AsyncRead + AsyncWrite + Unpin>(
     }
     let mut link = LinkState::Ready(TxStatus::Idle);
     let end = Relay::new(std::mem::take(&mut opened.early_bytes))
-        .with_kick(opened.kick.clone())
+        .with_accounting(opened.kick.clone(), opened.guard.pool().stats.clone())
         .run(client, &mut opened.guard.conn().stream, &mut link)
         .await;
     close(shared, client, opened, end, link)

@@ -19,6 +19,7 @@ use crate::pool::KickSwitch;
 use crate::protocol::MAX_CLIENT_MESSAGE_LENGTH;
 use crate::protocol::TxStatus;
 use crate::protocol::frame::{Frame, FrameError, FrameScanner};
+use crate::stats::{SessionCounts, TenantStats};
 
 /// Size of each direction's buffer: 32 KiB a client in all, so 10,000 clients fit in 320 MiB.
 pub const RELAY_BUFFER_SIZE: usize = 16 * 1024;
@@ -103,6 +104,9 @@ pub struct Relay {
     client_done: bool,
     /// The client's switch: marks transaction boundaries, and says when the proxy drains.
     kick: Option<Arc<KickSwitch>>,
+    /// The tenant's usage counters, fed once per transaction from `counts`.
+    stats: Option<Arc<TenantStats>>,
+    counts: SessionCounts,
 }
 
 impl Default for Relay {
@@ -119,13 +123,16 @@ impl Relay {
             to_client: Pipe::new(usize::MAX, &[]),
             client_done: false,
             kick: None,
+            stats: None,
+            counts: SessionCounts::default(),
         }
     }
 
-    /// Reports transaction boundaries to `kick`, and refuses a new transaction once the proxy
-    /// drains for shutdown.
-    pub fn with_kick(mut self, kick: Arc<KickSwitch>) -> Self {
+    /// Reports transaction boundaries to `kick` (and refuses a new transaction once the proxy
+    /// drains for shutdown), and counts usage into `stats`.
+    pub fn with_accounting(mut self, kick: Arc<KickSwitch>, stats: Arc<TenantStats>) -> Self {
         self.kick = Some(kick);
+        self.stats = Some(stats);
         self
     }
 
@@ -145,6 +152,9 @@ impl Relay {
             return end;
         }
         let end = poll_fn(|cx| self.poll_relay(cx, client, server, link)).await;
+        if let Some(stats) = &self.stats {
+            self.counts.flush(stats);
+        }
         if matches!(end, RelayEnd::ServerGone) && !self.to_client.pending().is_empty() {
             let _ = tokio::time::timeout(
                 FINAL_FLUSH_TIMEOUT,
@@ -158,6 +168,7 @@ impl Relay {
     /// Scans what the client sent since the last scan: stops at Terminate, tracks the link.
     fn scan_client(&mut self, link: &mut LinkState) -> Result<(), RelayEnd> {
         let kick = self.kick.as_deref();
+        let counts = &mut self.counts;
         let mut refused = false;
         let scanned = self.to_server.scan(|f| {
             if f.tag == b'X' {
@@ -172,7 +183,9 @@ impl Relay {
                     return ControlFlow::Break(());
                 }
                 k.set_busy(true);
+                counts.begin();
             }
+            counts.queries += u64::from(f.tag == b'Q' || f.tag == b'E');
             link.on_client_frame(f.tag);
             ControlFlow::Continue(())
         });
@@ -230,8 +243,9 @@ impl Relay {
                     ReadOutcome::Full => {}
                     ReadOutcome::Blocked => waiting.client_read = true,
                     ReadOutcome::Closed => return Poll::Ready(RelayEnd::ClientLeft),
-                    ReadOutcome::Read => {
+                    ReadOutcome::Read(n) => {
                         progress = true;
+                        self.counts.bytes_in += n as u64;
                         if let Err(end) = self.scan_client(link) {
                             return Poll::Ready(end);
                         }
@@ -243,16 +257,19 @@ impl Relay {
                     ReadOutcome::Full => {}
                     ReadOutcome::Blocked => waiting.server_read = true,
                     ReadOutcome::Closed => return Poll::Ready(RelayEnd::ServerGone),
-                    ReadOutcome::Read => {
+                    ReadOutcome::Read(n) => {
                         progress = true;
+                        self.counts.bytes_out += n as u64;
                         let kick = self.kick.as_deref();
+                        let (counts, stats) = (&mut self.counts, self.stats.as_deref());
                         let scanned = self.to_client.scan(|f| {
                             if f.tag == b'Z' {
                                 link.on_ready_for_query(f.status);
                                 if *link == LinkState::Ready(TxStatus::Idle)
-                                    && let Some(k) = kick
+                                    && let (Some(k), Some(stats)) = (kick, stats)
                                 {
                                     k.set_busy(false);
+                                    counts.end(stats);
                                 }
                             }
                             ControlFlow::Continue(())
@@ -318,8 +335,8 @@ enum ReadOutcome {
     Blocked,
     /// End of stream or error.
     Closed,
-    /// Bytes arrived.
-    Read,
+    /// This many bytes arrived.
+    Read(usize),
 }
 
 fn read_into<R: AsyncRead + Unpin>(
@@ -335,8 +352,9 @@ fn read_into<R: AsyncRead + Unpin>(
     match Pin::new(from).poll_read(cx, &mut rb) {
         Poll::Pending => ReadOutcome::Blocked,
         Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
-            pipe.end += rb.filled().len();
-            ReadOutcome::Read
+            let n = rb.filled().len();
+            pipe.end += n;
+            ReadOutcome::Read(n)
         }
         Poll::Ready(_) => ReadOutcome::Closed,
     }

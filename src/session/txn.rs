@@ -27,6 +27,7 @@ use crate::config::SessionStatePolicy;
 use crate::error::ClientError;
 use crate::pool::{CheckoutError, KickSwitch, PooledConn, TenantPool};
 use crate::protocol::{MAX_CLIENT_MESSAGE_LENGTH, messages};
+use crate::stats::{SessionCounts, TenantStats};
 
 /// Most bytes read from a socket at once.
 const READ_CHUNK: usize = 16 * 1024;
@@ -150,6 +151,9 @@ pub struct TxnSession<'a> {
     key: &'a CancelKey,
     /// Marks transaction boundaries; says when the proxy drains for shutdown.
     kick: &'a KickSwitch,
+    /// The tenant's usage counters, fed once per transaction from `counts`.
+    stats: Arc<TenantStats>,
+    counts: SessionCounts,
     policy: SessionStatePolicy,
     backend: Option<PooledConn>,
     acquiring: Option<Checkout>,
@@ -189,7 +193,10 @@ impl<'a> TxnSession<'a> {
         early: BytesMut,
     ) -> Self {
         let policy = pool.settings.session_state;
+        let stats = pool.stats.clone();
         TxnSession {
+            stats,
+            counts: SessionCounts::default(),
             pool,
             repool,
             key,
@@ -232,6 +239,7 @@ impl<'a> TxnSession<'a> {
             .await;
         }
         self.finish();
+        self.counts.flush(&self.stats);
         end
     }
 
@@ -337,7 +345,10 @@ impl<'a> TxnSession<'a> {
                         self.client_done = true;
                         progress = true;
                     }
-                    Poll::Ready(Ok(_)) => progress = true,
+                    Poll::Ready(Ok(n)) => {
+                        self.counts.bytes_in += n as u64;
+                        progress = true;
+                    }
                 }
             }
             match self.process_client() {
@@ -353,7 +364,10 @@ impl<'a> TxnSession<'a> {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         return Poll::Ready(self.server_gone());
                     }
-                    Poll::Ready(Ok(_)) => progress = true,
+                    Poll::Ready(Ok(n)) => {
+                        self.counts.bytes_out += n as u64;
+                        progress = true;
+                    }
                 }
             }
             match self.process_server() {
@@ -430,6 +444,7 @@ impl<'a> TxnSession<'a> {
         }
         self.backend = Some(conn);
         self.kick.set_busy(true);
+        self.counts.begin();
     }
 
     /// Returns the connection once its transaction is over and nothing is outstanding.
@@ -455,6 +470,7 @@ impl<'a> TxnSession<'a> {
         }
         self.poisoned = false;
         self.kick.set_busy(false);
+        self.counts.end(&self.stats);
         true
     }
 
@@ -564,7 +580,10 @@ impl<'a> TxnSession<'a> {
                 continue;
             }
             match self.client_message(tag, len, whole)? {
-                Step::Done => moved = true,
+                Step::Done => {
+                    moved = true;
+                    self.counts.queries += u64::from(tag == b'Q' || tag == b'E');
+                }
                 Step::NeedMore => return Ok(moved),
                 Step::NeedBackend => {
                     // A draining proxy lets transactions finish but starts none.

@@ -22,7 +22,12 @@ async fn proxy_with_console() -> (pgtenant::server::ProxyHandle, String, String)
         listener_toml("scram-sha-256"),
         bed.a.toml(SCRAM_ROLE),
         tenant_toml(&t1, &bed.a, &t1, ""),
-        tenant_toml(&t2, &bed.a, &t2, "pool_mode = \"transaction\""),
+        tenant_toml(
+            &t2,
+            &bed.a,
+            &t2,
+            "pool_mode = \"transaction\"\npool_size = 1"
+        ),
     );
     (start_proxy(&toml).await, t1, t2)
 }
@@ -338,5 +343,60 @@ async fn reload_applies_live_settings_reports_restarts_and_refuses_a_bad_file() 
         whoami(&connect(addr, "app", &t2).await.expect("still")).await,
         t2
     );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_stats_counts_each_tenants_transactions_queries_and_bytes() {
+    let (proxy, t1, t2) = proxy_with_console().await;
+    let addr = proxy.addrs[0];
+    let admin = console(addr).await;
+    // Session mode (t1) and transaction mode (t2): five one-statement transactions, then one
+    // explicit transaction of three statements in one Query message.
+    for t in [&t1, &t2] {
+        let c = connect(addr, "app", t).await.expect("client");
+        for _ in 0..5 {
+            c.simple_query("SELECT 1").await.expect("query");
+        }
+        c.simple_query("BEGIN; SELECT 2; COMMIT")
+            .await
+            .expect("transaction");
+    }
+    let stats = rows(&admin, "SHOW STATS").await;
+    for t in [&t1, &t2] {
+        let r = row_of(&stats, "tenant", t);
+        assert_eq!(field(r, "xact_count"), "6", "{t}: {r:?}");
+        assert_eq!(field(r, "query_count"), "6", "{t}: {r:?}");
+        let bytes_in: u64 = field(r, "bytes_received").parse().expect("number");
+        let bytes_out: u64 = field(r, "bytes_sent").parse().expect("number");
+        // Six Query messages out; six results (RowDescription, DataRow, CommandComplete,
+        // ReadyForQuery at least) back.
+        assert!(bytes_in >= 6 * 14, "{t}: {bytes_in}");
+        assert!(bytes_out > bytes_in, "{t}: {bytes_out}");
+        assert_eq!(field(r, "wait_count"), "0");
+    }
+    // t2 has one connection: while a transaction holds it, another client's query waits.
+    let holder = connect(addr, "app", &t2).await.expect("holder");
+    let waiter = connect(addr, "app", &t2).await.expect("waiter");
+    holder.batch_execute("BEGIN").await.expect("begin");
+    let waiting = tokio::spawn(async move { waiter.simple_query("SELECT 3").await.map(|_| ()) });
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            field(
+                row_of(&rows(&admin, "SHOW POOLS").await, "tenant", &t2),
+                "cl_waiting",
+            ) == "1"
+        })
+        .await
+    );
+    holder.batch_execute("COMMIT").await.expect("commit");
+    waiting
+        .await
+        .expect("task")
+        .expect("the waiter got the connection");
+    let stats = rows(&admin, "SHOW STATS").await;
+    let r = row_of(&stats, "tenant", &t2);
+    assert_eq!(field(r, "wait_count"), "1", "{r:?}");
+    assert_eq!(field(r, "xact_count"), "8", "{r:?}");
     proxy.shutdown().await;
 }

@@ -34,6 +34,17 @@ pub struct Config {
     /// The admin console.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// The Prometheus endpoint; off when absent.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// Where Prometheus scrapes `GET /metrics`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address and port of the HTTP endpoint.
+    pub address: SocketAddr,
 }
 
 /// The admin console: a reserved database name on every listener, for the users listed here.
@@ -290,10 +301,17 @@ pub struct CatalogConfig {
     /// Full reload period, covering missed notifications.
     #[serde(default = "default_reload_interval")]
     pub reload_interval_ms: u64,
+    /// How often per-tenant usage goes to `pgtenant.tenant_usage`; 0 turns it off.
+    #[serde(default = "default_usage_interval")]
+    pub usage_interval_ms: u64,
 }
 
 fn default_reload_interval() -> u64 {
     30_000
+}
+
+fn default_usage_interval() -> u64 {
+    60_000
 }
 
 /// A backend server of the embedded catalog.
@@ -508,6 +526,12 @@ impl Config {
                     self.tenants.len(),
                     digest(format!("{:?}", self.tenants))
                 ),
+            ),
+            (
+                "metrics",
+                self.metrics
+                    .as_ref()
+                    .map_or("off".into(), |m| m.address.to_string()),
             ),
             ("admin.database", self.admin.database.clone()),
             (

@@ -24,7 +24,9 @@
 //! - [`session`]: a client's life after login: parameter sync, the session relay, the
 //!   transaction-mode session (prepared statements, tracked settings, pinning), cancel routing.
 //! - [`server`]: the accept loop, connection permits and shutdown.
+//! - [`metrics`]: the Prometheus endpoint, rendered from live state at scrape time.
 //! - [`stats`]: per-tenant usage counters, added once per transaction.
+//! - [`usage`]: per-tenant usage flushed to the catalog database.
 //! - [`tls`]: client-facing TLS acceptors per listener, reloadable.
 //! - [`reload`]: re-reading the config file on SIGHUP or RELOAD.
 //! - [`admin`]: the admin console reached with psql through the reserved database name.
@@ -50,6 +52,7 @@ pub mod config;
 pub mod error;
 pub mod handshake;
 pub mod localpg;
+pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod provision;
@@ -60,4 +63,5 @@ pub mod session;
 pub mod stats;
 pub mod tenant;
 pub mod tls;
+pub mod usage;
 pub mod wire;

@@ -53,6 +53,7 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
             url: Secret::new(cluster.superuser_url("pgtenant_catalog")),
             migrate_on_start: false,
             reload_interval_ms: 30_000,
+            usage_interval_ms: 60_000,
         }),
         ..Config::from_toml("")?
     };

@@ -42,6 +42,7 @@ const RESTART_ONLY: &[&str] = &[
     "proxy.log_format",
     "proxy.max_client_connections",
     "catalog",
+    "metrics",
 ];
 
 /// Re-reads the file the proxy was started from and puts what can change live in force.
@@ -67,6 +68,7 @@ fn reload_from(shared: &Shared, path: &Path) -> Result<ReloadReport, ReloadError
     new.proxy.log_format = old.proxy.log_format;
     new.proxy.max_client_connections = old.proxy.max_client_connections;
     new.catalog = old.catalog.clone();
+    new.metrics = old.metrics.clone();
     // Certificates are re-read from the running listeners' files (renewed in place); all must
     // load before anything changes.
     let mut acceptors = Vec::new();

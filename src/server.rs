@@ -84,6 +84,8 @@ impl Shared {
 pub struct ProxyHandle {
     /// Where each listener actually bound (port 0 in config picks a free one).
     pub addrs: Vec<SocketAddr>,
+    /// Where the metrics endpoint bound, when configured.
+    pub metrics_addr: Option<SocketAddr>,
     /// The shared state, for inspection.
     pub shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
@@ -145,9 +147,22 @@ pub async fn start(config: Config) -> std::io::Result<ProxyHandle> {
             },
         ));
     }
-    let task = tokio::spawn(run(shared.clone(), listeners, stop_rx));
+    let metrics = match &config.metrics {
+        Some(m) => Some(TcpListener::bind(m.address).await?),
+        None => None,
+    };
+    let metrics_addr = match &metrics {
+        Some(l) => {
+            let addr = l.local_addr()?;
+            tracing::info!(%addr, "serving metrics at /metrics");
+            Some(addr)
+        }
+        None => None,
+    };
+    let task = tokio::spawn(run(shared.clone(), listeners, metrics, stop_rx));
     Ok(ProxyHandle {
         addrs,
+        metrics_addr,
         shared,
         task,
     })
@@ -156,6 +171,7 @@ pub async fn start(config: Config) -> std::io::Result<ProxyHandle> {
 async fn run(
     shared: Arc<Shared>,
     listeners: Vec<(TcpListener, Listener)>,
+    metrics: Option<TcpListener>,
     mut stop: watch::Receiver<bool>,
 ) {
     let follower = shared.catalog.follower().map(tokio::spawn);
@@ -176,6 +192,24 @@ async fn run(
     });
     for (listener, cfg) in listeners {
         tasks.spawn(accept_loop(shared.clone(), listener, cfg, stop.clone()));
+    }
+    if let Some(listener) = metrics {
+        tasks.spawn(crate::metrics::serve(
+            shared.clone(),
+            listener,
+            stop.clone(),
+        ));
+    }
+    if let Some(c) = &shared.config().catalog
+        && c.usage_interval_ms > 0
+    {
+        let interval = Duration::from_millis(c.usage_interval_ms);
+        tasks.spawn(crate::usage::run(
+            shared.clone(),
+            c.url.clone(),
+            interval,
+            stop.clone(),
+        ));
     }
     stopped(&mut stop).await;
     tracing::info!("shutting down");
@@ -449,7 +483,7 @@ async fn first_packets<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Resolves once shutdown is signalled. Cancel-safe.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 

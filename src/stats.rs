@@ -24,7 +24,16 @@ pub struct TenantStats {
     pub waits: AtomicU64,
     /// Time spent waiting for a connection, microseconds.
     pub wait_time_us: AtomicU64,
+    /// Waits by upper bound ([`WAIT_BUCKETS`]); the last counts the rest.
+    pub wait_buckets: [AtomicU64; WAIT_BUCKETS.len() + 1],
+    /// Logins that failed authentication.
+    pub auth_failures: AtomicU64,
+    /// Errors pgtenant itself sent this tenant's clients, by SQLSTATE class (two characters).
+    errors: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
+
+/// Upper bounds of the checkout-wait histogram, seconds.
+pub const WAIT_BUCKETS: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
 
 impl TenantStats {
     /// Records a checkout that waited `waited`.
@@ -32,6 +41,45 @@ impl TenantStats {
         self.waits.fetch_add(1, Ordering::Relaxed);
         self.wait_time_us
             .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+        let secs = waited.as_secs_f64();
+        let bucket = WAIT_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(WAIT_BUCKETS.len());
+        self.wait_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records an error pgtenant sent a client of this tenant (a refusal, not the backend's).
+    pub fn record_error(&self, sqlstate: &str) {
+        if sqlstate == crate::error::sqlstate::INVALID_PASSWORD {
+            self.auth_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        let class: String = sqlstate.chars().take(2).collect();
+        let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        *errors.entry(class).or_default() += 1;
+    }
+
+    /// Errors by SQLSTATE class so far.
+    pub fn errors(&self) -> Vec<(String, u64)> {
+        let errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        errors.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// Cumulative checkout-wait histogram counts, one per bound of [`WAIT_BUCKETS`].
+    pub fn wait_histogram(&self) -> Vec<u64> {
+        let mut total = 0;
+        self.wait_buckets[..WAIT_BUCKETS.len()]
+            .iter()
+            .map(|b| {
+                total += b.load(Ordering::Relaxed);
+                total
+            })
+            .collect()
+    }
+
+    /// Logins that failed authentication so far.
+    pub fn read_auth_failures(&self) -> u64 {
+        self.auth_failures.load(Ordering::Relaxed)
     }
 
     /// A consistent-enough copy for display.
@@ -138,5 +186,16 @@ mod tests {
         assert_eq!(t.read().transactions, 1);
         t.record_wait(Duration::from_millis(3));
         assert_eq!((t.read().waits, t.read().wait_time_us), (1, 3000));
+        t.record_wait(Duration::from_secs(9));
+        assert_eq!(
+            t.wait_histogram(),
+            [0, 1, 1, 1, 1, 1, 1, 1],
+            "9 s is past every bound"
+        );
+        t.record_error("28P01");
+        t.record_error("53300");
+        t.record_error("53300");
+        assert_eq!(t.read_auth_failures(), 1);
+        assert_eq!(t.errors(), [("28".to_string(), 1), ("53".to_string(), 2)]);
     }
 }

@@ -123,6 +123,12 @@ impl Pools {
         stats.entry(tenant.to_owned()).or_default().clone()
     }
 
+    /// The counters of `tenant` if it has any (no entry is made).
+    pub fn stats_if_present(&self, tenant: &str) -> Option<Arc<TenantStats>> {
+        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.get(tenant).cloned()
+    }
+
     /// Every tenant's counters, by slug.
     pub fn stats_rows(&self) -> Vec<(String, crate::stats::StatsRow)> {
         let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());

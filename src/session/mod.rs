@@ -129,7 +129,7 @@ async fn serve_transactions<C: AsyncRead + AsyncWrite + Unpin>(
         match end {
             TxnEnd::ClientLeft => SessionEnd::ClientLeft,
             TxnEnd::ServerGone => SessionEnd::ServerGone,
-            TxnEnd::Refused(e) => refuse(client, e).await,
+            TxnEnd::Refused(e) => refuse(client, counted(shared, &tenant.slug, e)).await,
             TxnEnd::ServerProtocol(e) => {
                 tracing::error!(error = %e, "backend broke the protocol");
                 refuse(client, ClientError::internal()).await
@@ -160,11 +160,11 @@ async fn open<C: AsyncRead + AsyncWrite + Unpin>(
             .admit_client(&tenant.slug, tenant.pool.max_client_connections, &req.kick)
     else {
         let e = ClientError::tenant_client_limit(&tenant.slug, tenant.pool.max_client_connections);
-        return Err(refuse(client, e).await);
+        return Err(refuse(client, counted(shared, &tenant.slug, e)).await);
     };
     let mut guard = match checkout(shared, &tenant).await {
         Ok(g) => g,
-        Err(e) => return Err(refuse(client, e).await),
+        Err(e) => return Err(refuse(client, counted(shared, &tenant.slug, e)).await),
     };
     let reset_timeout = Duration::from_millis(shared.config().proxy.reset_timeout_ms);
     // Carry the client's settings over; a bad value fails the login as the backend would.
@@ -284,20 +284,34 @@ async fn login<C: AsyncRead + AsyncWrite + Unpin>(
     let settings = params::client_settings(&req.params, &resolved.settings)?;
     let tenant = shared.catalog.snapshot().tenant(&resolved.tenant).cloned();
     let tenant = tenant.ok_or_else(|| ClientError::unknown_tenant(&resolved.tenant))?;
-    if tenant.status == TenantStatus::Disabled {
-        return Err(ClientError::tenant_disabled(&tenant.slug));
+    let slug = tenant.slug.clone();
+    let admitted = async {
+        if tenant.status == TenantStatus::Disabled {
+            return Err(ClientError::tenant_disabled(&tenant.slug));
+        }
+        let auth = AuthRequest {
+            method: req.auth,
+            user: &resolved.user,
+            stored: tenant.users.get(&resolved.user),
+            decoy_key: &shared.decoy_key,
+        };
+        tokio::time::timeout_at(req.login_deadline, authenticate(client, rbuf, auth))
+            .await
+            .map_err(|_| ClientError::protocol("authentication timed out"))??;
+        wait_until_active(shared, tenant).await
     }
-    let auth = AuthRequest {
-        method: req.auth,
-        user: &resolved.user,
-        stored: tenant.users.get(&resolved.user),
-        decoy_key: &shared.decoy_key,
-    };
-    tokio::time::timeout_at(req.login_deadline, authenticate(client, rbuf, auth))
-        .await
-        .map_err(|_| ClientError::protocol("authentication timed out"))??;
-    let tenant = wait_until_active(shared, tenant).await?;
-    Ok((tenant, settings))
+    .await;
+    match admitted {
+        Ok(tenant) => Ok((tenant, settings)),
+        Err(e) => Err(counted(shared, &slug, e)),
+    }
+}
+
+/// Counts an error pgtenant sends a client of a known tenant (metrics: errors by SQLSTATE
+/// class, authentication failures).
+fn counted(shared: &Shared, tenant: &str, e: ClientError) -> ClientError {
+    shared.pools.stats_for(tenant).record_error(e.code);
+    e
 }
 
 /// Holds a client of a paused (or moving) tenant until the catalog says active again, up to the

@@ -13,6 +13,7 @@ mod clients;
 mod drivers;
 mod hostile;
 mod lifecycle;
+mod metrics;
 mod pooling;
 mod routing;
 mod shutdown;

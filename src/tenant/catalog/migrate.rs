@@ -21,6 +21,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0003_lifecycle.sql",
         include_str!("../../../catalog_migrations/0003_lifecycle.sql"),
     ),
+    (
+        4,
+        "0004_usage.sql",
+        include_str!("../../../catalog_migrations/0004_usage.sql"),
+    ),
 ];
 
 /// Advisory lock key that serialises migration runs ("pgtenant" in ASCII).

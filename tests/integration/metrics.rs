@@ -1,0 +1,224 @@
+//! The Prometheus endpoint, scraped over HTTP and checked against traffic that was sent.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+/// GET `path` from the endpoint: (status line, body).
+async fn get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.expect("response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("head and body");
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+/// Samples by `name{labels}`.
+async fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
+    let (status, body) = get(addr, "/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').expect("sample");
+            (k.to_owned(), v.parse().expect("number"))
+        })
+        .collect()
+}
+
+fn value(m: &HashMap<String, f64>, key: &str) -> f64 {
+    *m.get(key).unwrap_or_else(|| panic!("no {key}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_clients_transactions_waits_and_failures() {
+    let bed = bed();
+    let (t1, t2) = (unique("met"), unique("met"));
+    create_tenant_db(&bed.a, &t1).await;
+    create_tenant_db(&bed.a, &t2).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pgtenant.toml");
+    let head = format!(
+        "{}[metrics]\naddress = \"127.0.0.1:0\"\n{}",
+        listener_toml("scram-sha-256"),
+        bed.a.toml(SCRAM_ROLE)
+    );
+    let t2_toml = tenant_toml(
+        &t2,
+        &bed.a,
+        &t2,
+        "pool_mode = \"transaction\"\npool_size = 1",
+    );
+    std::fs::write(
+        &path,
+        format!("{head}{}{t2_toml}", tenant_toml(&t1, &bed.a, &t1, "")),
+    )
+    .expect("config");
+    let proxy = pgtenant::server::start(pgtenant::config::Config::load(&path).expect("valid"))
+        .await
+        .expect("starts");
+    proxy.shared.set_config_path(path.clone());
+    let (addr, metrics) = (proxy.addrs[0], proxy.metrics_addr.expect("metrics bound"));
+
+    let c1 = connect(addr, "app", &t1).await.expect("t1");
+    for _ in 0..3 {
+        c1.simple_query("SELECT 1").await.expect("query");
+    }
+    let bad = connect_with(addr, "app", "wrong", &t2, "")
+        .await
+        .expect_err("bad password");
+    assert_eq!(sqlstate(&bad), "28P01");
+    let holder = connect(addr, "app", &t2).await.expect("holder");
+    let waiter = connect(addr, "app", &t2).await.expect("waiter");
+    holder.batch_execute("BEGIN").await.expect("begin");
+    let waiting = tokio::spawn(async move { waiter.simple_query("SELECT 2").await.map(|_| ()) });
+    let l2 = format!("tenant=\"{t2}\"");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            scrape(metrics)
+                .await
+                .get(&format!("pgtenant_waiting_clients{{{l2}}}"))
+                == Some(&1.0)
+        })
+        .await
+    );
+    holder.batch_execute("COMMIT").await.expect("commit");
+    waiting.await.expect("task").expect("waiter served");
+
+    let m = scrape(metrics).await;
+    let l1 = format!("tenant=\"{t1}\"");
+    assert_eq!(
+        value(&m, &format!("pgtenant_client_connections{{{l1}}}")),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            &format!("pgtenant_server_connections{{{l1},state=\"active\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&m, &format!("pgtenant_transactions_total{{{l1}}}")),
+        3.0
+    );
+    assert_eq!(value(&m, &format!("pgtenant_queries_total{{{l1}}}")), 3.0);
+    assert!(value(&m, &format!("pgtenant_sent_bytes_total{{{l1}}}")) > 0.0);
+    assert_eq!(
+        value(&m, &format!("pgtenant_auth_failures_total{{{l2}}}")),
+        1.0
+    );
+    assert_eq!(
+        value(&m, &format!("pgtenant_errors_total{{{l2},class=\"28\"}}")),
+        1.0
+    );
+    assert_eq!(
+        value(&m, &format!("pgtenant_checkout_wait_seconds_count{{{l2}}}")),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            &format!("pgtenant_checkout_wait_seconds_bucket{{{l2},le=\"+Inf\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&m, &format!("pgtenant_transactions_total{{{l2}}}")),
+        2.0
+    );
+    let server = format!("server=\"{}\"", bed.a.name);
+    assert!(
+        value(
+            &m,
+            &format!("pgtenant_server_budget_connections{{{server},state=\"open\"}}")
+        ) >= 2.0
+    );
+    assert_eq!(value(&m, "pgtenant_catalog_up"), 1.0);
+    assert_eq!(value(&m, "pgtenant_tenants"), 2.0);
+    let (status, _) = get(metrics, "/other").await;
+    assert!(status.contains("404"), "{status}");
+
+    // A tenant that leaves the config takes its series with it.
+    std::fs::write(&path, format!("{head}{t2_toml}")).expect("config");
+    pgtenant::reload::reload(&proxy.shared).expect("reload");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !scrape(metrics).await.keys().any(|k| k.contains(&l1))
+        })
+        .await,
+        "t1's series expired"
+    );
+    drop(c1);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_rows_reach_the_catalog() {
+    let bed = bed();
+    let url = create_catalog(&bed.catalog, &[&bed.a]).await;
+    let slug = unique("usage");
+    create_tenant_db(&bed.a, &slug).await;
+    let catalog = connect_url(&url).await.expect("catalog");
+    catalog_add_tenant(&catalog, &slug, &bed.a, &slug).await;
+    let toml = format!(
+        "{}[catalog]\nurl = \"{url}\"\nusage_interval_ms = 200\n",
+        listener_toml("scram-sha-256")
+    );
+    let proxy = start_proxy(&toml).await;
+    let addr = proxy.addrs[0];
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            connect(addr, "app", &slug).await.is_ok()
+        })
+        .await
+    );
+    let c = connect(addr, "app", &slug).await.expect("client");
+    for _ in 0..4 {
+        c.simple_query("SELECT 1").await.expect("query");
+    }
+    let sums = || async {
+        catalog
+            .query_one(
+                "SELECT coalesce(sum(transactions), 0)::bigint, coalesce(sum(queries), 0)::bigint,
+                        coalesce(sum(bytes_out), 0)::bigint, count(DISTINCT proxy)
+                 FROM pgtenant.tenant_usage WHERE tenant = $1",
+                &[&slug],
+            )
+            .await
+            .expect("usage")
+    };
+    // The connection checks made by `eventually` above count too: wait for the four queries.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            sums().await.get::<_, i64>(1) >= 4
+        })
+        .await,
+        "usage rows were written"
+    );
+    let r = sums().await;
+    assert_eq!(r.get::<_, i64>(0), 4, "four transactions");
+    assert_eq!(r.get::<_, i64>(1), 4, "four queries");
+    assert!(r.get::<_, i64>(2) > 0);
+    assert_eq!(r.get::<_, i64>(3), 1);
+    // Shutdown flushes what is left.
+    c.simple_query("SELECT 2").await.expect("query");
+    proxy.shutdown().await;
+    assert_eq!(
+        sums().await.get::<_, i64>(0),
+        5,
+        "the last transaction was flushed at shutdown"
+    );
+}

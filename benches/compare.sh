@@ -53,6 +53,7 @@ pids+=($!)
 
 write_pgtenant_config target/release/pgtenant "$TENANT_PORT" "[proxy]
 worker_threads = ${WORKERS:-1}
+log_connections = ${LOG_CONNECTIONS:-true}
 [pool]
 size = $POOL"
 cat >> "$work/pgtenant.toml" <<TOML

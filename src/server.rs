@@ -355,27 +355,11 @@ async fn handle_client(
             if socket.write_all(b"S").await.is_err() {
                 return;
             }
-            let Some(tcp) = client.stream.take() else {
-                return;
-            };
-            let mut tls = match tokio::time::timeout_at(login.deadline, acceptor.accept(tcp)).await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::info!(parent: &span, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let sni = tls.get_ref().1.server_name().map(str::to_owned);
-            let mut early = BytesMut::new();
-            let Some(hs) = first_packets(&mut tls, &mut early, login.deadline, false)
-                .instrument(span.clone())
-                .await
-            else {
-                return;
-            };
-            login.serve(&mut tls, hs, early, sni).await;
+            if let Some(tcp) = client.stream.take() {
+                // Boxed: a TLS stream is large, and the plain path should not carry (and copy)
+                // room for it in every connection's future.
+                Box::pin(serve_tls(tcp, acceptor, login)).await;
+            }
         }
         (hs @ Handshake::Startup { .. }, _) if listener.tls.required => {
             let _ = hs;
@@ -388,6 +372,28 @@ async fn handle_client(
         }
         (hs, _) => login.serve(socket, hs, early, None).await,
     }
+}
+
+/// The TLS handshake, then the startup packet and the session over TLS.
+async fn serve_tls(tcp: TcpStream, acceptor: Arc<tokio_rustls::TlsAcceptor>, login: Login<'_>) {
+    let span = login.span;
+    let mut tls = match tokio::time::timeout_at(login.deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::info!(parent: span, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let sni = tls.get_ref().1.server_name().map(str::to_owned);
+    let mut early = BytesMut::new();
+    let Some(hs) = first_packets(&mut tls, &mut early, login.deadline, false)
+        .instrument(span.clone())
+        .await
+    else {
+        return;
+    };
+    login.serve(&mut tls, hs, early, sni).await;
 }
 
 /// A listener's settings and TLS, as each of its connections needs them.

@@ -14,11 +14,11 @@ use crate::server::Shared;
 use crate::tenant::TenantStatus;
 
 /// What the console knows, for the error that answers anything else.
-const KNOWN: &str = "SHOW TENANTS, SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW CONFIG, SHOW VERSION, KILL tenant, RELOAD, SHUTDOWN";
+const KNOWN: &str = "SHOW TENANTS, SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW CONFIG, SHOW VERSION, KILL tenant, DISABLE tenant, ENABLE tenant, RELOAD, SHUTDOWN";
 
 /// Runs every `;`-separated command of a simple query, writing each answer; returns true when
 /// one was SHUTDOWN. An error ends the query, as in Postgres.
-pub fn run(shared: &Shared, text: &str, out: &mut BytesMut) -> bool {
+pub async fn run(shared: &Shared, text: &str, out: &mut BytesMut) -> bool {
     let commands: Vec<&str> = text
         .split(';')
         .map(str::trim)
@@ -29,7 +29,7 @@ pub fn run(shared: &Shared, text: &str, out: &mut BytesMut) -> bool {
         return false;
     }
     for command in commands {
-        match one(shared, command, out) {
+        match one(shared, command, out).await {
             Ok(Outcome::Done) => {}
             Ok(Outcome::Shutdown) => return true,
             Err(e) => {
@@ -46,7 +46,7 @@ enum Outcome {
     Shutdown,
 }
 
-fn one(shared: &Shared, command: &str, out: &mut BytesMut) -> Result<Outcome, ClientError> {
+async fn one(shared: &Shared, command: &str, out: &mut BytesMut) -> Result<Outcome, ClientError> {
     let words: Vec<&str> = command.split_whitespace().collect();
     let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
     let upper: Vec<&str> = upper.iter().map(String::as_str).collect();
@@ -99,6 +99,15 @@ fn one(shared: &Shared, command: &str, out: &mut BytesMut) -> Result<Outcome, Cl
                 ));
             }
         },
+        ["DISABLE", _] | ["ENABLE", _] => {
+            let status = if upper[0] == "DISABLE" {
+                "disabled"
+            } else {
+                "active"
+            };
+            set_status(shared, words[1], status).await?;
+            result::complete(out, upper[0]);
+        }
         ["SHUTDOWN"] => {
             tracing::info!("admin asked for shutdown");
             result::complete(out, "SHUTDOWN");
@@ -114,6 +123,43 @@ fn one(shared: &Shared, command: &str, out: &mut BytesMut) -> Result<Outcome, Cl
         }
     }
     Ok(Outcome::Done)
+}
+
+/// DISABLE/ENABLE write the catalog, the source of truth, so every proxy following it applies
+/// the change (this one within its LISTEN round trip: a disabled tenant's clients are closed).
+async fn set_status(shared: &Shared, tenant: &str, status: &str) -> Result<(), ClientError> {
+    let config = shared.config();
+    let Some(catalog) = &config.catalog else {
+        return Err(ClientError::error(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "tenants of the config file change in the file: set status there and RELOAD",
+        ));
+    };
+    let failed = |e: String| {
+        tracing::warn!(error = %e, "console could not update the catalog");
+        ClientError::error(
+            sqlstate::CONNECTION_FAILURE,
+            "the catalog database could not be updated (see the proxy's log)",
+        )
+    };
+    let client = crate::tenant::catalog::postgres::connect(&catalog.url, None)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let n = client
+        .execute(
+            "UPDATE pgtenant.tenants SET status = $2 WHERE slug = $1",
+            &[&tenant, &status],
+        )
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    if n == 0 {
+        return Err(ClientError::error(
+            sqlstate::INVALID_CATALOG_NAME,
+            format!("tenant \"{tenant}\" is not in the catalog database"),
+        ));
+    }
+    tracing::info!(tenant, status, "console changed the tenant's status");
+    Ok(())
 }
 
 fn status_text(s: TenantStatus) -> &'static str {

@@ -106,7 +106,7 @@ async fn console<C: AsyncRead + AsyncWrite + Unpin>(
             b'X' => return SessionEnd::ClientLeft,
             b'Q' => {
                 let text = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body));
-                let shutdown = commands::run(shared, &text, &mut out);
+                let shutdown = commands::run(shared, &text, &mut out).await;
                 messages::ready_for_query(&mut out, b'I');
                 if client.write_all(&out).await.is_err() {
                     return SessionEnd::ClientLeft;

@@ -400,3 +400,66 @@ async fn show_stats_counts_each_tenants_transactions_queries_and_bytes() {
     assert_eq!(field(r, "xact_count"), "8", "{r:?}");
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_and_enable_write_the_catalog() {
+    let bed = bed();
+    let url = create_catalog(&bed.catalog, &[&bed.a]).await;
+    let slug = unique("dis");
+    create_tenant_db(&bed.a, &slug).await;
+    let catalog = connect_url(&url).await.expect("catalog");
+    catalog_add_tenant(&catalog, &slug, &bed.a, &slug).await;
+    let admin_hash = postgres_protocol::password::scram_sha_256(ADMIN_PASSWORD.as_bytes());
+    let proxy = crate::catalog::proxy_on_catalog(
+        &url,
+        &format!("[[admin.users]]\nname = \"dba\"\npassword_hash = \"{admin_hash}\"\n"),
+    )
+    .await;
+    let addr = proxy.addrs[0];
+    let admin = console(addr).await;
+    let held = connect(addr, "app", &slug).await.expect("client");
+    admin
+        .simple_query(&format!("DISABLE {slug}"))
+        .await
+        .expect("disable");
+    let status: String = catalog
+        .query_one(
+            "SELECT status FROM pgtenant.tenants WHERE slug = $1",
+            &[&slug],
+        )
+        .await
+        .expect("row")
+        .get(0);
+    assert_eq!(status, "disabled", "the catalog holds the change");
+    assert!(
+        eventually(Duration::from_secs(10), || async { held.is_closed() }).await,
+        "the connected client was closed"
+    );
+    let e = connect(addr, "app", &slug).await.expect_err("refused");
+    assert_eq!(sqlstate(&e), "55000");
+    admin
+        .simple_query(&format!("enable {slug}"))
+        .await
+        .expect("enable");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            connect(addr, "app", &slug).await.is_ok()
+        })
+        .await
+    );
+    let e = admin
+        .simple_query("DISABLE nosuch")
+        .await
+        .expect_err("unknown");
+    assert_eq!(sqlstate(&e), "3D000");
+    proxy.shutdown().await;
+    // Tenants of the config file are changed in the file.
+    let (proxy, t1, _) = proxy_with_console().await;
+    let admin = console(proxy.addrs[0]).await;
+    let e = admin
+        .simple_query(&format!("DISABLE {t1}"))
+        .await
+        .expect_err("file tenant");
+    assert_eq!(sqlstate(&e), "0A000");
+    proxy.shutdown().await;
+}

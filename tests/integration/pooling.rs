@@ -122,17 +122,25 @@ async fn a_client_vanishing_mid_transaction_leaves_nothing_behind() {
     // Vanishing while a query runs: the connection is closed, never handed out.
     let mut raw = RawClient::login(addr, "app", &slug).await;
     let (_, _) = raw.query("SELECT 1").await;
-    let busy_pid: i32 = bed()
-        .a
-        .superuser(&slug)
-        .await
-        .query_one(
-            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
-            &[&slug],
-        )
-        .await
-        .expect("the proxy's only backend")
-        .get(0);
+    // The backend closed after the first vanishing client may still be leaving: wait until the
+    // proxy's one backend is the only one.
+    let admin = bed().a.superuser(&slug).await;
+    let mut busy_pid = 0;
+    for _ in 0..100 {
+        let rows = admin
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                &[&slug],
+            )
+            .await
+            .expect("activity");
+        if let [row] = rows.as_slice() {
+            busy_pid = row.get(0);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(busy_pid, 0, "the proxy's only backend");
     raw.send_query("SELECT pg_sleep(0.5)").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(raw);

@@ -361,8 +361,7 @@ async fn handle_client(
                 Box::pin(serve_tls(tcp, acceptor, login)).await;
             }
         }
-        (hs @ Handshake::Startup { .. }, _) if listener.tls.required => {
-            let _ = hs;
+        (Handshake::Startup { .. }, _) if listener.tls.required => {
             tracing::info!(parent: &span, "client refused: TLS required");
             let e = ClientError::fatal(
                 crate::error::sqlstate::INVALID_AUTHORIZATION,

@@ -102,10 +102,9 @@ pub struct Relay {
     to_server: Pipe,
     to_client: Pipe,
     client_done: bool,
-    /// The client's switch: marks transaction boundaries, and says when the proxy drains.
-    kick: Option<Arc<KickSwitch>>,
-    /// The tenant's usage counters, fed once per transaction from `counts`.
-    stats: Option<Arc<TenantStats>>,
+    /// The client's switch (marks transaction boundaries, says when the proxy drains) and the
+    /// tenant's usage counters, fed once per transaction from `counts`; always set together.
+    accounting: Option<(Arc<KickSwitch>, Arc<TenantStats>)>,
     counts: SessionCounts,
 }
 
@@ -122,8 +121,7 @@ impl Relay {
             to_server: Pipe::new(MAX_CLIENT_MESSAGE_LENGTH, &client_bytes),
             to_client: Pipe::new(usize::MAX, &[]),
             client_done: false,
-            kick: None,
-            stats: None,
+            accounting: None,
             counts: SessionCounts::default(),
         }
     }
@@ -131,8 +129,7 @@ impl Relay {
     /// Reports transaction boundaries to `kick` (and refuses a new transaction once the proxy
     /// drains for shutdown), and counts usage into `stats`.
     pub fn with_accounting(mut self, kick: Arc<KickSwitch>, stats: Arc<TenantStats>) -> Self {
-        self.kick = Some(kick);
-        self.stats = Some(stats);
+        self.accounting = Some((kick, stats));
         self
     }
 
@@ -152,7 +149,7 @@ impl Relay {
             return end;
         }
         let end = poll_fn(|cx| self.poll_relay(cx, client, server, link)).await;
-        if let Some(stats) = &self.stats {
+        if let Some((_, stats)) = &self.accounting {
             self.counts.flush(stats);
         }
         if matches!(end, RelayEnd::ServerGone) && !self.to_client.pending().is_empty() {
@@ -167,7 +164,7 @@ impl Relay {
 
     /// Scans what the client sent since the last scan: stops at Terminate, tracks the link.
     fn scan_client(&mut self, link: &mut LinkState) -> Result<(), RelayEnd> {
-        let kick = self.kick.as_deref();
+        let kick = self.accounting.as_ref().map(|(k, _)| &**k);
         let counts = &mut self.counts;
         let mut refused = false;
         let scanned = self.to_server.scan(|f| {
@@ -260,13 +257,13 @@ impl Relay {
                     ReadOutcome::Read(n) => {
                         progress = true;
                         self.counts.bytes_out += n as u64;
-                        let kick = self.kick.as_deref();
-                        let (counts, stats) = (&mut self.counts, self.stats.as_deref());
+                        let accounting = self.accounting.as_ref();
+                        let counts = &mut self.counts;
                         let scanned = self.to_client.scan(|f| {
                             if f.tag == b'Z' {
                                 link.on_ready_for_query(f.status);
                                 if *link == LinkState::Ready(TxStatus::Idle)
-                                    && let (Some(k), Some(stats)) = (kick, stats)
+                                    && let Some((k, stats)) = accounting
                                 {
                                     k.set_busy(false);
                                     counts.end(stats);

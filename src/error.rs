@@ -37,6 +37,8 @@ pub mod sqlstate {
     pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
     /// A limit of the proxy's was reached.
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+    /// A wait the proxy gave up on (PAUSE that running transactions outlasted).
+    pub const QUERY_CANCELED: &str = "57014";
 }
 
 /// How bad it is; FATAL ends the connection.

@@ -241,7 +241,7 @@ async fn accept_loop(
                     let shared = shared.clone();
                     let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
                     let span = tracing::info_span!("client", id, %peer, tenant = tracing::field::Empty, user = tracing::field::Empty);
-                    let kick = Arc::new(KickSwitch::new(id, peer, shared.draining.clone()));
+                    let kick = Arc::new(KickSwitch::new(id, peer, shared.draining.clone(), shared.pools.proxy_pause()));
                     let task = handle_client(shared, socket, cfg.clone(), span, kick.clone());
                     kick.arm(clients.spawn(task));
                 }
@@ -267,7 +267,8 @@ async fn accept_loop(
 /// another (the relays refuse it with 57P01), and clients between transactions are closed at
 /// once with 57P01.
 async fn drain(shared: &Shared, clients: &mut JoinSet<()>) {
-    shared.draining.store(true, Ordering::Release);
+    // SeqCst: pairs with KickSwitch::begin_transaction.
+    shared.draining.store(true, Ordering::SeqCst);
     let deadline = tokio::time::Instant::now() + shared.config().proxy.shutdown_grace();
     let reason = ClientError::shutting_down();
     loop {

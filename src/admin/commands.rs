@@ -14,7 +14,10 @@ use crate::server::Shared;
 use crate::tenant::TenantStatus;
 
 /// What the console knows, for the error that answers anything else.
-const KNOWN: &str = "SHOW TENANTS, SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW CONFIG, SHOW VERSION, KILL tenant, DISABLE tenant, ENABLE tenant, RELOAD, SHUTDOWN";
+const KNOWN: &str = "SHOW TENANTS, SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW CONFIG, SHOW VERSION, PAUSE [tenant], RESUME [tenant], KILL tenant, DISABLE tenant, ENABLE tenant, RELOAD, SHUTDOWN";
+
+/// How often PAUSE looks whether the running transactions have finished.
+const PAUSE_TICK: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Runs every `;`-separated command of a simple query, writing each answer; returns true when
 /// one was SHUTDOWN. An error ends the query, as in Postgres.
@@ -63,14 +66,21 @@ async fn one(shared: &Shared, command: &str, out: &mut BytesMut) -> Result<Outco
             &[vec![format!("pgtenant {}", env!("CARGO_PKG_VERSION"))]],
             "SHOW",
         ),
+        ["PAUSE"] => pause(shared, None, out).await?,
+        ["PAUSE", _] => pause(shared, Some(known_tenant(shared, words[1])?), out).await?,
+        ["RESUME"] => {
+            shared.pools.resume(None);
+            tracing::info!("admin resumed every tenant");
+            result::complete(out, "RESUME");
+        }
+        ["RESUME", _] => {
+            let tenant = known_tenant(shared, words[1])?;
+            shared.pools.resume(Some(tenant));
+            tracing::info!(tenant, "admin resumed the tenant");
+            result::complete(out, "RESUME");
+        }
         ["KILL", _] => {
-            let tenant = words[1];
-            if shared.catalog.snapshot().tenant(tenant).is_none() {
-                return Err(ClientError::error(
-                    sqlstate::INVALID_CATALOG_NAME,
-                    format!("tenant \"{tenant}\" does not exist"),
-                ));
-            }
+            let tenant = known_tenant(shared, words[1])?;
             let n = shared
                 .pools
                 .kick_tenant(tenant, &ClientError::killed_by_admin(tenant));
@@ -123,6 +133,52 @@ async fn one(shared: &Shared, command: &str, out: &mut BytesMut) -> Result<Outco
         }
     }
     Ok(Outcome::Done)
+}
+
+fn known_tenant<'w>(shared: &Shared, tenant: &'w str) -> Result<&'w str, ClientError> {
+    if shared.catalog.snapshot().tenant(tenant).is_none() {
+        return Err(ClientError::error(
+            sqlstate::INVALID_CATALOG_NAME,
+            format!("tenant \"{tenant}\" does not exist"),
+        ));
+    }
+    Ok(tenant)
+}
+
+/// PAUSE holds new transactions of the tenant (of all, without one) and answers once the
+/// running ones have finished, as pgbouncer's does. If they outlast the pause timeout it
+/// fails with 57014, and the pause stays in force until RESUME.
+async fn pause(
+    shared: &Shared,
+    tenant: Option<&str>,
+    out: &mut BytesMut,
+) -> Result<(), ClientError> {
+    shared.pools.pause(tenant);
+    tracing::info!(
+        tenant = tenant.unwrap_or("(all)"),
+        "admin paused new transactions"
+    );
+    let limit = std::time::Duration::from_millis(shared.config().proxy.pause_timeout_ms);
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let running = shared.pools.busy_clients(tenant);
+        if running == 0 {
+            result::complete(out, "PAUSE");
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let mut e = ClientError::error(
+                sqlstate::QUERY_CANCELED,
+                format!(
+                    "PAUSE gave up after {} ms: {running} transaction(s) still running",
+                    limit.as_millis()
+                ),
+            );
+            e.hint = Some("New transactions stay held; RESUME lets them go.".into());
+            return Err(e);
+        }
+        tokio::time::sleep(PAUSE_TICK).await;
+    }
 }
 
 /// DISABLE/ENABLE write the catalog, the source of truth, so every proxy following it applies
@@ -235,6 +291,7 @@ fn show_pools(shared: &Shared, out: &mut BytesMut) {
         .pool_rows()
         .into_iter()
         .map(|p| {
+            let paused = shared.pools.is_paused(&p.tenant);
             vec![
                 p.tenant,
                 p.server,
@@ -245,6 +302,7 @@ fn show_pools(shared: &Shared, out: &mut BytesMut) {
                 (p.open - p.idle.min(p.open)).to_string(),
                 p.idle.to_string(),
                 p.max_wait.as_millis().to_string(),
+                paused.to_string(),
             ]
         })
         .collect();
@@ -260,6 +318,7 @@ fn show_pools(shared: &Shared, out: &mut BytesMut) {
             "sv_active",
             "sv_idle",
             "maxwait_ms",
+            "paused",
         ],
         &rows,
         "SHOW",

@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod budget;
 pub mod clock;
+pub mod pause;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 pub use backend::{BackendConn, BackendError};
 pub use budget::{BudgetUsage, ServerBudget};
+pub use pause::PauseGate;
 
 use crate::protocol::TxStatus;
 use crate::stats::TenantStats;
@@ -43,6 +45,10 @@ pub struct Pools {
     servers: Mutex<HashMap<String, Arc<ServerBudget>>>,
     clients: Mutex<HashMap<String, Arc<TenantClients>>>,
     stats: Mutex<HashMap<String, Arc<TenantStats>>>,
+    /// Each tenant's PAUSE gate, made on first use; kept while the proxy runs (one flag each).
+    pauses: Mutex<HashMap<String, Arc<PauseGate>>>,
+    /// PAUSE without a tenant: every client's transactions wait at it.
+    proxy_pause: Arc<PauseGate>,
     next_id: AtomicU64,
 }
 
@@ -113,8 +119,62 @@ impl Pools {
             return None;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let _ = kick.tenant_pause.set(self.pause_gate(tenant));
         clients.members().insert(id, kick.clone());
         Some(ClientSlot { clients, id })
+    }
+
+    /// The proxy-wide PAUSE gate, which every client's switch holds.
+    pub fn proxy_pause(&self) -> Arc<PauseGate> {
+        self.proxy_pause.clone()
+    }
+
+    fn pause_gate(&self, tenant: &str) -> Arc<PauseGate> {
+        let mut pauses = self.pauses.lock().unwrap_or_else(|p| p.into_inner());
+        pauses.entry(tenant.to_owned()).or_default().clone()
+    }
+
+    /// Holds new transactions of `tenant` (of every tenant when `None`) from now on.
+    pub fn pause(&self, tenant: Option<&str>) {
+        match tenant {
+            Some(t) => self.pause_gate(t).pause(),
+            None => self.proxy_pause.pause(),
+        }
+    }
+
+    /// Lets the held transactions of `tenant` go; `None` lifts every pause, the proxy's and each
+    /// tenant's.
+    pub fn resume(&self, tenant: Option<&str>) {
+        match tenant {
+            Some(t) => self.pause_gate(t).resume(),
+            None => {
+                self.proxy_pause.resume();
+                let gates: Vec<Arc<PauseGate>> = {
+                    let pauses = self.pauses.lock().unwrap_or_else(|p| p.into_inner());
+                    pauses.values().cloned().collect()
+                };
+                for g in gates {
+                    g.resume();
+                }
+            }
+        }
+    }
+
+    /// True when new transactions of `tenant` are held, by its own pause or the proxy's.
+    pub fn is_paused(&self, tenant: &str) -> bool {
+        if self.proxy_pause.is_paused() {
+            return true;
+        }
+        let pauses = self.pauses.lock().unwrap_or_else(|p| p.into_inner());
+        pauses.get(tenant).is_some_and(|g| g.is_paused())
+    }
+
+    /// Clients of `tenant` (of every tenant when `None`) inside a transaction now.
+    pub fn busy_clients(&self, tenant: Option<&str>) -> usize {
+        self.clients()
+            .iter()
+            .filter(|(t, c)| t != CONSOLE_KEY && tenant.is_none_or(|want| want == t) && c.is_busy())
+            .count()
     }
 
     /// The usage counters of `tenant`, made on first use; they outlive pool replacements.
@@ -372,15 +432,34 @@ pub struct KickSwitch {
     /// When it connected.
     pub connected_at: std::time::SystemTime,
     user: std::sync::OnceLock<String>,
-    /// In a transaction (or mid-request): a draining proxy lets it finish.
+    /// In a transaction (or mid-request): a draining proxy and a PAUSE let it finish.
     busy: AtomicBool,
     /// The proxy's drain flag: set, no new transaction may start.
     draining: Arc<AtomicBool>,
+    /// The whole proxy's PAUSE gate, and the tenant's once the client is admitted.
+    proxy_pause: Arc<PauseGate>,
+    tenant_pause: std::sync::OnceLock<Arc<PauseGate>>,
+}
+
+/// What a client may do with the transaction it is about to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Go on.
+    Open,
+    /// The proxy is shutting down: refuse it with 57P01.
+    Draining,
+    /// A PAUSE is in force: wait for RESUME (see [`KickSwitch::until_resumed`]).
+    Paused,
 }
 
 impl KickSwitch {
     /// A switch for a client just accepted; `draining` is the proxy's drain flag.
-    pub fn new(client_id: u64, peer: std::net::SocketAddr, draining: Arc<AtomicBool>) -> Self {
+    pub fn new(
+        client_id: u64,
+        peer: std::net::SocketAddr,
+        draining: Arc<AtomicBool>,
+        proxy_pause: Arc<PauseGate>,
+    ) -> Self {
         KickSwitch {
             abort: std::sync::OnceLock::new(),
             reason: std::sync::OnceLock::new(),
@@ -390,22 +469,53 @@ impl KickSwitch {
             user: std::sync::OnceLock::new(),
             busy: AtomicBool::new(false),
             draining,
+            proxy_pause,
+            tenant_pause: std::sync::OnceLock::new(),
         }
     }
 
-    /// Records whether the client is inside a transaction; called at transaction boundaries only.
-    pub fn set_busy(&self, busy: bool) {
-        self.busy.store(busy, Ordering::Release);
+    /// Called when a transaction (or request) is about to start: marks the client busy unless
+    /// the proxy drains or a PAUSE holds it. Busy is stored before the flags are read, and the
+    /// drain and PAUSE store their flag before reading busy flags (all SeqCst), so no
+    /// transaction starts unseen by a drain or PAUSE that is waiting for running ones to end.
+    #[inline]
+    pub fn begin_transaction(&self) -> Gate {
+        self.busy.store(true, Ordering::SeqCst);
+        let gate = if self.draining.load(Ordering::SeqCst) {
+            Gate::Draining
+        } else if self.proxy_pause.is_paused()
+            || self.tenant_pause.get().is_some_and(|g| g.is_paused())
+        {
+            Gate::Paused
+        } else {
+            return Gate::Open;
+        };
+        self.busy.store(false, Ordering::SeqCst);
+        gate
+    }
+
+    /// Marks the end of the client's transaction.
+    #[inline]
+    pub fn end_transaction(&self) {
+        self.busy.store(false, Ordering::Release);
     }
 
     /// True while the client is inside a transaction.
     pub fn is_busy(&self) -> bool {
-        self.busy.load(Ordering::Acquire)
+        self.busy.load(Ordering::SeqCst)
     }
 
-    /// True once the proxy is shutting down: a new transaction must be refused with 57P01.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+    /// Resolves true once no PAUSE holds this client, false after `limit`; owns what it needs,
+    /// so a relay can keep it across polls.
+    pub fn until_resumed(
+        &self,
+        limit: Duration,
+    ) -> impl std::future::Future<Output = bool> + Send + use<> {
+        pause::wait_open(
+            self.proxy_pause.clone(),
+            self.tenant_pause.get().cloned(),
+            limit,
+        )
     }
 
     /// Records the user the client logged in as.

@@ -91,7 +91,11 @@ pub async fn serve<C: AsyncRead + AsyncWrite + Unpin>(
     }
     let mut link = LinkState::Ready(TxStatus::Idle);
     let end = Relay::new(std::mem::take(&mut opened.early_bytes))
-        .with_accounting(opened.kick.clone(), opened.guard.pool().stats.clone())
+        .with_accounting(
+            opened.kick.clone(),
+            opened.guard.pool().stats.clone(),
+            Duration::from_millis(shared.config().proxy.pause_timeout_ms),
+        )
         .run(client, &mut opened.guard.conn().stream, &mut link)
         .await;
     close(shared, client, opened, end, link)
@@ -123,7 +127,16 @@ async fn serve_transactions<C: AsyncRead + AsyncWrite + Unpin>(
         let t = shared.catalog.snapshot().tenant(&slug).cloned()?;
         (t.status != TenantStatus::Disabled).then(|| shared.pools.pool_for(&t))
     };
-    let mut session = TxnSession::new(pool, &repool, &key, &kick, settings, early_bytes);
+    let pause_limit = Duration::from_millis(shared.config().proxy.pause_timeout_ms);
+    let mut session = TxnSession::new(
+        pool,
+        &repool,
+        &key,
+        &kick,
+        pause_limit,
+        settings,
+        early_bytes,
+    );
     let end = session.run(client).await;
     async {
         match end {
@@ -229,7 +242,9 @@ async fn close<C: AsyncWrite + Unpin>(
     end: RelayEnd,
     link: LinkState,
 ) -> SessionEnd {
-    let Opened { guard, key, .. } = opened;
+    let Opened {
+        guard, key, tenant, ..
+    } = opened;
     key.detach();
     let reset_timeout = Duration::from_millis(shared.config().proxy.reset_timeout_ms);
     match end {
@@ -247,6 +262,13 @@ async fn close<C: AsyncWrite + Unpin>(
                 guard.release(status, reset_timeout).await;
             }
             refuse(client, ClientError::shutting_down()).await
+        }
+        RelayEnd::PausedTooLong(waited) => {
+            if let LinkState::Ready(status) = link {
+                guard.release(status, reset_timeout).await;
+            }
+            let e = ClientError::tenant_paused(&tenant.slug, waited.as_millis() as u64);
+            refuse(client, e).await
         }
         RelayEnd::ClientProtocol(e) => refuse(client, ClientError::protocol(e.to_string())).await,
         RelayEnd::ServerProtocol(e) => {

@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::state::LinkState;
-use crate::pool::KickSwitch;
+use crate::pool::{Gate, KickSwitch};
 use crate::protocol::MAX_CLIENT_MESSAGE_LENGTH;
 use crate::protocol::TxStatus;
 use crate::protocol::frame::{Frame, FrameError, FrameScanner};
@@ -44,7 +44,13 @@ pub enum RelayEnd {
     /// The proxy is shutting down and the client began a new transaction; nothing of it was
     /// sent to the backend.
     ShuttingDown,
+    /// A PAUSE held the client's next transaction longer than it may wait; nothing of it was
+    /// sent to the backend.
+    PausedTooLong(Duration),
 }
+
+/// A transaction held by PAUSE: true once resumed, false when the client waited too long.
+type Hold = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
 
 /// One direction: bytes read from one side, waiting to be written to the other.
 /// `buf[start..ready]` holds whole-header-checked bytes to forward, `buf[ready..end]` a partial
@@ -106,6 +112,9 @@ pub struct Relay {
     /// tenant's usage counters, fed once per transaction from `counts`; always set together.
     accounting: Option<(Arc<KickSwitch>, Arc<TenantStats>)>,
     counts: SessionCounts,
+    /// Longest a transaction waits at a PAUSE, and the wait in progress.
+    pause_limit: Duration,
+    held: Option<Hold>,
 }
 
 impl Default for Relay {
@@ -123,13 +132,22 @@ impl Relay {
             client_done: false,
             accounting: None,
             counts: SessionCounts::default(),
+            pause_limit: Duration::ZERO,
+            held: None,
         }
     }
 
-    /// Reports transaction boundaries to `kick` (and refuses a new transaction once the proxy
-    /// drains for shutdown), and counts usage into `stats`.
-    pub fn with_accounting(mut self, kick: Arc<KickSwitch>, stats: Arc<TenantStats>) -> Self {
+    /// Reports transaction boundaries to `kick` (refusing a new transaction once the proxy
+    /// drains for shutdown, holding it up to `pause_limit` while a PAUSE is in force), and
+    /// counts usage into `stats`.
+    pub fn with_accounting(
+        mut self,
+        kick: Arc<KickSwitch>,
+        stats: Arc<TenantStats>,
+        pause_limit: Duration,
+    ) -> Self {
         self.accounting = Some((kick, stats));
+        self.pause_limit = pause_limit;
         self
     }
 
@@ -166,7 +184,7 @@ impl Relay {
     fn scan_client(&mut self, link: &mut LinkState) -> Result<(), RelayEnd> {
         let kick = self.accounting.as_ref().map(|(k, _)| &**k);
         let counts = &mut self.counts;
-        let mut refused = false;
+        let mut gate = Gate::Open;
         let scanned = self.to_server.scan(|f| {
             if f.tag == b'X' {
                 return ControlFlow::Break(());
@@ -175,19 +193,26 @@ impl Relay {
             if *link == LinkState::Ready(TxStatus::Idle)
                 && let Some(k) = kick
             {
-                if k.is_draining() {
-                    refused = true;
+                gate = k.begin_transaction();
+                if gate != Gate::Open {
                     return ControlFlow::Break(());
                 }
-                k.set_busy(true);
                 counts.begin();
             }
             counts.queries += u64::from(f.tag == b'Q' || f.tag == b'E');
             link.on_client_frame(f.tag);
             ControlFlow::Continue(())
         });
-        if refused {
-            return Err(RelayEnd::ShuttingDown);
+        match gate {
+            Gate::Open => {}
+            Gate::Draining => return Err(RelayEnd::ShuttingDown),
+            Gate::Paused => {
+                // The held frame and what follows stay unscanned, so unsent, until RESUME.
+                if let Some(k) = kick {
+                    self.held = Some(Box::pin(k.until_resumed(self.pause_limit)));
+                }
+                return Ok(());
+            }
         }
         match scanned {
             Ok(stopped) => {
@@ -216,6 +241,18 @@ impl Relay {
         let mut waiting = Waiting::default();
         loop {
             let mut progress = false;
+            if let Some(held) = self.held.as_mut()
+                && let Poll::Ready(resumed) = held.as_mut().poll(cx)
+            {
+                self.held = None;
+                if !resumed {
+                    return Poll::Ready(RelayEnd::PausedTooLong(self.pause_limit));
+                }
+                if let Err(end) = self.scan_client(link) {
+                    return Poll::Ready(end);
+                }
+                progress = true;
+            }
             if !waiting.server_write {
                 match write_pending(cx, server, &mut self.to_server) {
                     WriteOutcome::Idle => {}
@@ -235,7 +272,7 @@ impl Relay {
             if self.client_done && self.to_server.pending().is_empty() {
                 return Poll::Ready(RelayEnd::ClientLeft);
             }
-            if !self.client_done && !waiting.client_read {
+            if !self.client_done && !waiting.client_read && self.held.is_none() {
                 match read_into(cx, client, &mut self.to_server) {
                     ReadOutcome::Full => {}
                     ReadOutcome::Blocked => waiting.client_read = true,
@@ -265,7 +302,7 @@ impl Relay {
                                 if *link == LinkState::Ready(TxStatus::Idle)
                                     && let Some((k, stats)) = accounting
                                 {
-                                    k.set_busy(false);
+                                    k.end_transaction();
                                     counts.end(stats);
                                 }
                             }

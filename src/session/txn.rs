@@ -25,7 +25,7 @@ use super::relay::Waiting;
 use super::tracking::{Classified, Settings, classify, statements};
 use crate::config::SessionStatePolicy;
 use crate::error::ClientError;
-use crate::pool::{CheckoutError, KickSwitch, PooledConn, TenantPool};
+use crate::pool::{CheckoutError, Gate, KickSwitch, PooledConn, TenantPool};
 use crate::protocol::{MAX_CLIENT_MESSAGE_LENGTH, messages};
 use crate::stats::{SessionCounts, TenantStats};
 
@@ -143,14 +143,22 @@ enum ServerAction {
 /// A checkout in progress.
 type Checkout = Pin<Box<dyn Future<Output = Result<PooledConn, CheckoutError>> + Send>>;
 
+/// A transaction held by PAUSE: true once resumed, false when the client waited too long.
+type Hold = Pin<Box<dyn Future<Output = bool> + Send>>;
+
 /// Everything a transaction-mode client carries between transactions.
 pub struct TxnSession<'a> {
     pool: Arc<TenantPool>,
     /// Looks the tenant's pool up again after a catalog change replaced it.
     repool: &'a (dyn Fn() -> Option<Arc<TenantPool>> + Sync),
     key: &'a CancelKey,
-    /// Marks transaction boundaries; says when the proxy drains for shutdown.
+    /// Marks transaction boundaries; says when the proxy drains or a PAUSE holds transactions.
     kick: &'a KickSwitch,
+    /// Longest a transaction waits at a PAUSE.
+    pause_limit: std::time::Duration,
+    held: Option<Hold>,
+    /// Between begin_transaction and the end of that transaction.
+    in_txn: bool,
     /// The tenant's usage counters, fed once per transaction from `counts`.
     stats: Arc<TenantStats>,
     counts: SessionCounts,
@@ -189,6 +197,7 @@ impl<'a> TxnSession<'a> {
         repool: &'a (dyn Fn() -> Option<Arc<TenantPool>> + Sync),
         key: &'a CancelKey,
         kick: &'a KickSwitch,
+        pause_limit: std::time::Duration,
         settings: Settings,
         early: BytesMut,
     ) -> Self {
@@ -201,6 +210,9 @@ impl<'a> TxnSession<'a> {
             repool,
             key,
             kick,
+            pause_limit,
+            held: None,
+            in_txn: false,
             policy,
             backend: None,
             acquiring: None,
@@ -269,6 +281,18 @@ impl<'a> TxnSession<'a> {
         let mut waiting = Waiting::default();
         loop {
             let mut progress = false;
+            if let Some(held) = self.held.as_mut()
+                && let Poll::Ready(resumed) = held.as_mut().poll(cx)
+            {
+                self.held = None;
+                if !resumed {
+                    return Poll::Ready(TxnEnd::Refused(ClientError::tenant_paused(
+                        &self.pool.tenant,
+                        self.pause_limit.as_millis() as u64,
+                    )));
+                }
+                progress = true;
+            }
             if let Some(acquiring) = self.acquiring.as_mut() {
                 match acquiring.as_mut().poll(cx) {
                     Poll::Pending => {}
@@ -443,7 +467,6 @@ impl<'a> TxnSession<'a> {
             });
         }
         self.backend = Some(conn);
-        self.kick.set_busy(true);
         self.counts.begin();
     }
 
@@ -469,7 +492,8 @@ impl<'a> TxnSession<'a> {
             conn.give_back();
         }
         self.poisoned = false;
-        self.kick.set_busy(false);
+        self.in_txn = false;
+        self.kick.end_transaction();
         self.counts.end(&self.stats);
         true
     }
@@ -542,6 +566,7 @@ impl<'a> TxnSession<'a> {
                 || self.sout.len() >= HIGH_WATER
                 || self.expect.len() >= MAX_EXPECTED
                 || self.acquiring.is_some()
+                || self.held.is_some()
             {
                 return Ok(moved);
             }
@@ -579,6 +604,10 @@ impl<'a> TxnSession<'a> {
                 moved = true;
                 continue;
             }
+            // A client pinned to its backend starts its next transaction here.
+            if !self.in_txn && self.backend.is_some() && !self.pass_gate()? {
+                return Ok(true);
+            }
             match self.client_message(tag, len, whole)? {
                 Step::Done => {
                     moved = true;
@@ -586,9 +615,8 @@ impl<'a> TxnSession<'a> {
                 }
                 Step::NeedMore => return Ok(moved),
                 Step::NeedBackend => {
-                    // A draining proxy lets transactions finish but starts none.
-                    if self.kick.is_draining() {
-                        return Err(TxnEnd::Refused(ClientError::shutting_down()));
+                    if !self.pass_gate()? {
+                        return Ok(true);
                     }
                     if let Some(conn) = self.pool.try_checkout() {
                         self.attach(conn);
@@ -599,6 +627,22 @@ impl<'a> TxnSession<'a> {
                     self.acquire();
                     return Ok(true);
                 }
+            }
+        }
+    }
+
+    /// Lets a transaction start: a draining proxy lets transactions finish but starts none, and
+    /// a PAUSE holds them until RESUME (false: held). The client is busy from here.
+    fn pass_gate(&mut self) -> Result<bool, TxnEnd> {
+        match self.kick.begin_transaction() {
+            Gate::Open => {
+                self.in_txn = true;
+                Ok(true)
+            }
+            Gate::Draining => Err(TxnEnd::Refused(ClientError::shutting_down())),
+            Gate::Paused => {
+                self.held = Some(Box::pin(self.kick.until_resumed(self.pause_limit)));
+                Ok(false)
             }
         }
     }
@@ -1108,6 +1152,11 @@ impl<'a> TxnSession<'a> {
                 // The proxy's own settings query ends no transaction of the client's.
                 if status == b'I' && owner != Owner::Proxy {
                     self.end_of_transaction();
+                    // A pinned client keeps its backend but is between transactions now.
+                    if self.pinned.is_some() && self.expect.is_empty() {
+                        self.in_txn = false;
+                        self.kick.end_transaction();
+                    }
                 }
                 Ok(if owner == Owner::Proxy {
                     ServerAction::Swallow

@@ -12,13 +12,21 @@ const ADMIN_PASSWORD: &str = "admin-pw";
 
 /// A proxy with two tenants on server A and one admin user.
 async fn proxy_with_console() -> (pgtenant::server::ProxyHandle, String, String) {
+    proxy_with_console_and("", 1).await
+}
+
+/// The same, with `head` (top-level config tables) first and the second tenant's pool size.
+async fn proxy_with_console_and(
+    head: &str,
+    t2_pool_size: u32,
+) -> (pgtenant::server::ProxyHandle, String, String) {
     let bed = bed();
     let (t1, t2) = (unique("adm"), unique("adm"));
     create_tenant_db(&bed.a, &t1).await;
     create_tenant_db(&bed.a, &t2).await;
     let admin_hash = postgres_protocol::password::scram_sha_256(ADMIN_PASSWORD.as_bytes());
     let toml = format!(
-        "{}[[admin.users]]\nname = \"dba\"\npassword_hash = \"{admin_hash}\"\n{}{}{}",
+        "{head}{}[[admin.users]]\nname = \"dba\"\npassword_hash = \"{admin_hash}\"\n{}{}{}",
         listener_toml("scram-sha-256"),
         bed.a.toml(SCRAM_ROLE),
         tenant_toml(&t1, &bed.a, &t1, ""),
@@ -26,7 +34,7 @@ async fn proxy_with_console() -> (pgtenant::server::ProxyHandle, String, String)
             &t2,
             &bed.a,
             &t2,
-            "pool_mode = \"transaction\"\npool_size = 1"
+            &format!("pool_mode = \"transaction\"\npool_size = {t2_pool_size}")
         ),
     );
     (start_proxy(&toml).await, t1, t2)
@@ -462,4 +470,205 @@ async fn disable_and_enable_write_the_catalog() {
         .expect_err("file tenant");
     assert_eq!(sqlstate(&e), "0A000");
     proxy.shutdown().await;
+}
+
+/// True when `task` has not finished: it is blocked on something the test still holds.
+fn still_waiting<T>(task: &tokio::task::JoinHandle<T>) -> bool {
+    !task.is_finished()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_waits_for_running_transactions_then_holds_new_ones_until_resume() {
+    let (proxy, t1, t2) = proxy_with_console_and("", 4).await;
+    let addr = proxy.addrs[0];
+    let admin = console(addr).await;
+    // t2 pools by transaction: one client inside a transaction, one pinned (session advisory
+    // lock) but between transactions, one idle.
+    let running = connect(addr, "app", &t2).await.expect("running");
+    running
+        .batch_execute("BEGIN; SELECT 1")
+        .await
+        .expect("begin");
+    let pinned = connect(addr, "app", &t2).await.expect("pinned");
+    pinned
+        .simple_query("SELECT pg_advisory_lock(77)")
+        .await
+        .expect("pin");
+    let held = connect(addr, "app", &t2).await.expect("held");
+    let other = connect(addr, "app", &t1).await.expect("other tenant");
+
+    let pause = {
+        let admin = console(addr).await;
+        let t2 = t2.clone();
+        tokio::spawn(async move { admin.simple_query(&format!("PAUSE {t2}")).await })
+    };
+    // PAUSE cannot answer while a transaction of the tenant runs; the pinned client, between
+    // transactions, does not keep it waiting.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            field(
+                row_of(&rows(&admin, "SHOW POOLS").await, "tenant", &t2),
+                "paused",
+            ) == "true"
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        still_waiting(&pause),
+        "PAUSE answered while a transaction ran"
+    );
+    // New transactions of the paused tenant wait; the running one goes on; others are untouched.
+    let waiting = tokio::spawn(async move {
+        let r = held.simple_query("SELECT 42").await;
+        (held, r)
+    });
+    assert_eq!(
+        running
+            .query_one("SELECT 2", &[])
+            .await
+            .expect("inside the transaction")
+            .get::<_, i32>(0),
+        2
+    );
+    assert_eq!(whoami(&other).await, t1);
+    running.batch_execute("COMMIT").await.expect("commit");
+    let answered = tokio::time::timeout(Duration::from_secs(10), pause)
+        .await
+        .expect("PAUSE answers once the transaction ended")
+        .expect("task");
+    answered.expect("PAUSE succeeds");
+    // Held: the transaction that ended cannot start another, the waiting client stays waiting.
+    let next = tokio::spawn(async move {
+        let r = running.simple_query("SELECT 43").await;
+        (running, r)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        still_waiting(&waiting) && still_waiting(&next),
+        "a held transaction ran"
+    );
+    let pools = rows(&admin, "SHOW POOLS").await;
+    assert_eq!(field(row_of(&pools, "tenant", &t1), "paused"), "false");
+
+    admin
+        .simple_query(&format!("RESUME {t2}"))
+        .await
+        .expect("resume");
+    let (_held, r) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("released by RESUME")
+        .expect("task");
+    assert_eq!(first_value(&r.expect("held query runs")), "42");
+    let (_running, r) = next.await.expect("task");
+    assert_eq!(first_value(&r.expect("next transaction runs")), "43");
+    assert_eq!(
+        field(
+            row_of(&rows(&admin, "SHOW POOLS").await, "tenant", &t2),
+            "paused"
+        ),
+        "false"
+    );
+    drop(pinned);
+
+    // PAUSE without a tenant holds every tenant, session pooling too; RESUME lets them go.
+    admin.simple_query("PAUSE").await.expect("pause all");
+    let session_client = tokio::spawn(async move {
+        let r = other.simple_query("SELECT 44").await;
+        (other, r)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        still_waiting(&session_client),
+        "a session-mode transaction ran while paused"
+    );
+    admin.simple_query("RESUME").await.expect("resume all");
+    let (_other, r) = tokio::time::timeout(Duration::from_secs(10), session_client)
+        .await
+        .expect("released")
+        .expect("task");
+    assert_eq!(first_value(&r.expect("runs after RESUME")), "44");
+
+    let e = admin
+        .simple_query("PAUSE nosuchtenant")
+        .await
+        .expect_err("unknown tenant");
+    assert_eq!(sqlstate(&e), "3D000");
+
+    // Through psql: the command tags and the pool's paused column.
+    let (ok, out, err) = run(std::process::Command::new(pg_bin("psql"))
+        .arg(format!(
+            "postgresql://dba:{ADMIN_PASSWORD}@127.0.0.1:{}/pgtenant",
+            addr.port()
+        ))
+        .args(["-X", "-A", "-F", ","])
+        .args(["-c", &format!("PAUSE {t2}"), "-c", "SHOW POOLS"])
+        .args(["-c", &format!("RESUME {t2}"), "-c", "SHOW POOLS"]));
+    assert!(ok, "{err}");
+    let t2_rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with(&format!("{t2},")))
+        .collect();
+    assert_eq!(t2_rows.len(), 2, "{out}");
+    assert!(
+        t2_rows[0].ends_with(",true") && t2_rows[1].ends_with(",false"),
+        "{out}"
+    );
+    assert!(out.contains("PAUSE") && out.contains("RESUME"), "{out}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_outlasted_fails_and_held_clients_give_up_with_57p03() {
+    let (proxy, t1, t2) = proxy_with_console_and("[proxy]\npause_timeout_ms = 400\n", 3).await;
+    let addr = proxy.addrs[0];
+    let admin = console(addr).await;
+    let running = connect(addr, "app", &t2).await.expect("running");
+    running
+        .batch_execute("BEGIN; SELECT 1")
+        .await
+        .expect("begin");
+    let e = admin
+        .simple_query(&format!("PAUSE {t2}"))
+        .await
+        .expect_err("the transaction outlasts the pause timeout");
+    assert_eq!(sqlstate(&e), "57014");
+    // The pause stays in force: a new transaction waits, then gives up with 57P03.
+    let held = connect(addr, "app", &t2).await.expect("held");
+    let e = held.simple_query("SELECT 1").await.expect_err("gave up");
+    assert_eq!(sqlstate(&e), "57P03");
+    let message = e
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
+    assert!(message.contains(&t2), "{message}");
+    // A session-mode client of a paused tenant too.
+    let session_client = connect(addr, "app", &t1).await.expect("session client");
+    admin
+        .simple_query(&format!("PAUSE {t1}"))
+        .await
+        .expect("nothing runs on t1");
+    let e = session_client
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("gave up");
+    assert_eq!(sqlstate(&e), "57P03");
+    // The running transaction was never disturbed, and RESUME lets the tenants work again.
+    running.batch_execute("COMMIT").await.expect("commit");
+    admin.simple_query("RESUME").await.expect("resume");
+    let again = connect(addr, "app", &t2).await.expect("reconnects");
+    assert_eq!(whoami(&again).await, t2);
+    let again = connect(addr, "app", &t1).await.expect("reconnects");
+    assert_eq!(whoami(&again).await, t1);
+    proxy.shutdown().await;
+}
+
+fn first_value(messages: &[SimpleQueryMessage]) -> String {
+    messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .expect("a row")
 }

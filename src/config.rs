@@ -151,7 +151,7 @@ pub struct ProxyConfig {
     pub startup_timeout_ms: u64,
     /// Clients served at once across all tenants (53300 beyond).
     pub max_client_connections: usize,
-    /// How long a new client of a paused tenant waits for it to resume.
+    /// How long a new client of a paused tenant, or a transaction held by PAUSE, waits.
     pub pause_timeout_ms: u64,
     /// Time allowed for a client-less backend connection to reset itself.
     pub reset_timeout_ms: u64,
@@ -334,6 +334,30 @@ pub struct ServerConfig {
     /// when absent.
     #[serde(default)]
     pub max_connections: Option<u32>,
+    /// TLS to this server: disable, prefer (default), require or verify-full.
+    #[serde(default)]
+    pub tls_mode: Option<String>,
+    /// PEM file of the CA that signs the server's certificate (verify-full).
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
+}
+
+impl ServerConfig {
+    /// The server's TLS settings, checked: a known mode, and a CA file for verify-full.
+    pub fn backend_tls(&self) -> Result<crate::pool::backend_tls::BackendTls, String> {
+        use crate::pool::backend_tls::{BackendTls, BackendTlsMode};
+        let mode = match self.tls_mode.as_deref() {
+            None => BackendTlsMode::default(),
+            Some(m) => BackendTlsMode::parse(m).ok_or_else(|| {
+                format!("tls_mode \"{m}\" is not one of disable, prefer, require, verify-full")
+            })?,
+        };
+        let ca_file = self.tls_ca_file.clone().filter(|f| !f.is_empty());
+        if mode == BackendTlsMode::VerifyFull && ca_file.is_none() {
+            return Err("tls_mode verify-full needs tls_ca_file".into());
+        }
+        Ok(BackendTls { mode, ca_file })
+    }
 }
 
 fn default_pg_port() -> u16 {
@@ -621,6 +645,9 @@ impl Config {
                     "servers[{i}]: duplicate server name \"{}\"",
                     s.name
                 ));
+            }
+            if let Err(e) = s.backend_tls() {
+                return bad(format!("servers[{i}] ({}): {e}", s.name));
             }
         }
         for (i, t) in self.tenants.iter().enumerate() {

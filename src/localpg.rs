@@ -244,6 +244,33 @@ impl LocalCluster {
         }
     }
 
+    /// Turns TLS on with this PEM certificate and key: both go into the data directory (the
+    /// key readable by the server's owner only), `ssl = on` into postgresql.conf, and the
+    /// server reloads its configuration (it takes a moment to apply).
+    pub fn enable_tls(&self, cert_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+        let data = self.data();
+        let (cert, key) = (data.join("server.crt"), data.join("server.key"));
+        std::fs::write(&cert, cert_pem)?;
+        std::fs::write(&key, key_pem)?;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        self.own(&cert)?;
+        self.own(&key)?;
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))?;
+        std::io::Write::write_all(&mut conf, b"\nssl = on\n")?;
+        let child = self.child.as_ref().context("the cluster is not running")?;
+        let pid = i32::try_from(child.id()).context("pid")?;
+        // SAFETY: signalling a child we spawned and have not reaped.
+        if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+            bail!(
+                "could not signal postgres: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    }
+
     /// A URL for the superuser on `database`.
     pub fn superuser_url(&self, database: &str) -> String {
         format!(

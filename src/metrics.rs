@@ -241,7 +241,7 @@ pub fn render(shared: &Shared) -> String {
         &mut out,
         "pgtenant_errors_total",
         "counter",
-        "Errors pgtenant sent clients (refusals), by SQLSTATE class.",
+        "Errors clients were sent (the proxy's refusals and their backends' errors), by SQLSTATE class.",
         &errors,
     );
 
@@ -297,6 +297,19 @@ pub fn render(shared: &Shared) -> String {
         &[(
             String::new(),
             u8::from(health.last_error.is_none()).to_string(),
+        )],
+    );
+    family(
+        &mut out,
+        "pgtenant_catalog_notification_lag_seconds",
+        "gauge",
+        "From the last notified catalog change to its snapshot being in force here.",
+        &[(
+            String::new(),
+            format!(
+                "{:.6}",
+                health.notification_lag.map_or(0.0, |d| d.as_secs_f64())
+            ),
         )],
     );
     family(

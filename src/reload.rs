@@ -99,5 +99,7 @@ fn reload_from(shared: &Shared, path: &Path) -> Result<ReloadReport, ReloadError
         }
         tls.replace(acceptor);
     }
+    // Servers' CA files are read again by the next connection to each.
+    crate::pool::backend_tls::reload();
     Ok(report)
 }

@@ -49,7 +49,8 @@ impl TenantStats {
         self.wait_buckets[bucket].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records an error pgtenant sent a client of this tenant (a refusal, not the backend's).
+    /// Counts an error a client of the tenant was sent (by the proxy or relayed from its
+    /// backend), by SQLSTATE class. Errors are rare; this takes a lock.
     pub fn record_error(&self, sqlstate: &str) {
         if sqlstate == crate::error::sqlstate::INVALID_PASSWORD {
             self.auth_failures.fetch_add(1, Ordering::Relaxed);

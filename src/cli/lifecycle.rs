@@ -40,6 +40,12 @@ pub enum ServerCommand {
         /// Backend connections shared by all tenants on it (the proxy default when absent).
         #[arg(long)]
         max_connections: Option<i32>,
+        /// How the proxy secures its connections to it: disable, prefer, require, verify-full.
+        #[arg(long, default_value = "prefer")]
+        tls_mode: String,
+        /// PEM file (on each proxy's host) of the CA that signs its certificate (verify-full).
+        #[arg(long)]
+        tls_ca_file: Option<String>,
     },
     /// List servers (without passwords).
     List,
@@ -190,6 +196,8 @@ pub async fn server(catalog: &Client, command: ServerCommand) -> anyhow::Result<
             port,
             admin_user,
             max_connections,
+            tls_mode,
+            tls_ca_file,
         } => {
             let admin_password = match std::env::var(SERVER_PASSWORD_ENV) {
                 Ok(p) => Secret::new(p),
@@ -204,6 +212,8 @@ pub async fn server(catalog: &Client, command: ServerCommand) -> anyhow::Result<
                     admin_user,
                     admin_password,
                     max_connections,
+                    tls_mode,
+                    tls_ca_file,
                 },
             )
             .await?;

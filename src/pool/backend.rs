@@ -11,6 +11,8 @@ use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use super::backend_tls::{self, BackendStream, BackendTlsError};
+
 use crate::auth::backend::{BackendLoginError, login, set_param};
 use crate::protocol::{TxStatus, messages};
 use crate::session::cancel::CancelTarget;
@@ -46,6 +48,9 @@ pub enum BackendError {
     /// The backend broke the protocol.
     #[error("backend protocol error: {0}")]
     Protocol(String),
+    /// TLS to the backend could not be set up as its server's tls_mode asks.
+    #[error(transparent)]
+    Tls(#[from] BackendTlsError),
 }
 
 impl From<wire::WireError> for BackendError {
@@ -60,8 +65,8 @@ impl From<wire::WireError> for BackendError {
 /// A logged-in backend connection.
 #[derive(Debug)]
 pub struct BackendConn {
-    /// The socket; the relay reads and writes it directly.
-    pub stream: TcpStream,
+    /// The socket (plain or TLS); the relay reads and writes it directly.
+    pub stream: BackendStream,
     /// ParameterStatus values as the backend last reported them.
     pub params: Vec<(String, String)>,
     /// Where a client's cancel for this connection goes: address, process id and secret, made
@@ -88,9 +93,10 @@ impl BackendConn {
         lifetime: Duration,
     ) -> Result<Box<BackendConn>, BackendError> {
         timeout(limit, async {
-            let mut stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
-            stream.set_nodelay(true)?;
-            let addr = stream.peer_addr()?;
+            let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
+            tcp.set_nodelay(true)?;
+            let addr = tcp.peer_addr()?;
+            let mut stream = backend_tls::negotiate(tcp, &target.host, &target.tls).await?;
             let login = login(&mut stream, target).await?;
             Ok(Box::new(BackendConn::new(
                 stream,
@@ -106,7 +112,7 @@ impl BackendConn {
     }
 
     fn new(
-        stream: TcpStream,
+        stream: BackendStream,
         addr: SocketAddr,
         params: Vec<(String, String)>,
         pid: i32,
@@ -132,7 +138,7 @@ impl BackendConn {
         let addr = stream.peer_addr().expect("peer");
         let secret = std::sync::Arc::from(&[0u8; 4][..]);
         Box::new(BackendConn::new(
-            stream,
+            BackendStream::Plain(stream),
             addr,
             Vec::new(),
             0,
@@ -217,11 +223,15 @@ impl BackendConn {
     /// False when the backend closed the socket or sent something unasked (a FATAL from
     /// pg_terminate_backend, say) while idle. Never blocks.
     pub fn is_alive(&self) -> bool {
+        // A peek at the socket under any TLS: an idle backend sends nothing, so any byte (or
+        // the end of the stream) means it is going away.
         let mut probe = [0u8; 1];
-        match self.stream.try_read(&mut probe) {
-            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
-            Ok(_) => false,
-        }
+        let mut buf = tokio::io::ReadBuf::new(&mut probe);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        matches!(
+            self.stream.tcp().poll_peek(&mut cx, &mut buf),
+            std::task::Poll::Pending
+        )
     }
 
     /// The value the backend last reported for a parameter.
@@ -236,6 +246,9 @@ impl BackendConn {
 impl Drop for BackendConn {
     fn drop(&mut self) {
         // Best effort Terminate so the server logs a clean disconnect; never blocks.
-        let _ = self.stream.try_write(&[b'X', 0, 0, 0, 4]);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut stream = std::pin::Pin::new(&mut self.stream);
+        let _ = tokio::io::AsyncWrite::poll_write(stream.as_mut(), &mut cx, &[b'X', 0, 0, 0, 4]);
+        let _ = tokio::io::AsyncWrite::poll_flush(stream, &mut cx);
     }
 }

@@ -5,6 +5,7 @@
 //! closes its connection, so nothing dirty is ever reused.
 
 pub mod backend;
+pub mod backend_tls;
 pub mod budget;
 pub mod clock;
 pub mod pause;

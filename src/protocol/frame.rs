@@ -6,13 +6,16 @@ use std::ops::ControlFlow;
 
 /// A message header as seen in the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Frame {
+pub struct Frame<'a> {
     /// Message type byte.
     pub tag: u8,
     /// Length word: the body length plus four.
     pub len: u32,
     /// ReadyForQuery's status byte; zero for every other tag.
     pub status: u8,
+    /// As much of the body as this buffer holds (all of a small message, as a rule): enough to
+    /// read an ErrorResponse's SQLSTATE without decoding anything else.
+    pub body: &'a [u8],
 }
 
 /// A length word the scanner refuses.
@@ -100,7 +103,15 @@ impl FrameScanner {
             } else {
                 0
             };
-            if on_frame(Frame { tag, len, status }).is_break() {
+            let body = &rest[5..rest.len().min(len as usize + 1)];
+            if on_frame(Frame {
+                tag,
+                len,
+                status,
+                body,
+            })
+            .is_break()
+            {
                 return Ok(Scanned {
                     forward: pos,
                     stopped: true,

@@ -55,6 +55,10 @@ pub struct NewServer {
     pub admin_password: Secret,
     /// Shared backend connection budget.
     pub max_connections: Option<i32>,
+    /// TLS from the proxy: disable, prefer, require or verify-full.
+    pub tls_mode: String,
+    /// The CA file verify-full checks against.
+    pub tls_ca_file: Option<String>,
 }
 
 /// Registers a server.
@@ -71,10 +75,22 @@ pub async fn add(catalog: &Client, s: &NewServer) -> Result<()> {
             "--max-connections must be positive".into(),
         ));
     }
+    let mode = crate::pool::backend_tls::BackendTlsMode::parse(&s.tls_mode).ok_or_else(|| {
+        ProvisionError::Invalid(format!(
+            "--tls-mode \"{}\" is not one of disable, prefer, require, verify-full",
+            s.tls_mode
+        ))
+    })?;
+    if mode == crate::pool::backend_tls::BackendTlsMode::VerifyFull && s.tls_ca_file.is_none() {
+        return Err(ProvisionError::Invalid(
+            "--tls-mode verify-full needs --tls-ca-file".into(),
+        ));
+    }
     let inserted = catalog
         .execute(
-            "INSERT INTO pgtenant.servers (name, host, port, backend_user, backend_password, max_connections)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO pgtenant.servers (name, host, port, backend_user, backend_password, max_connections,
+                                          tls_mode, tls_ca_file)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (name) DO NOTHING",
             &[
                 &s.name,
                 &s.host,
@@ -82,6 +98,8 @@ pub async fn add(catalog: &Client, s: &NewServer) -> Result<()> {
                 &s.admin_user,
                 &s.admin_password.expose(),
                 &s.max_connections,
+                &s.tls_mode,
+                &s.tls_ca_file,
             ],
         )
         .await

@@ -297,6 +297,12 @@ impl Relay {
                         let accounting = self.accounting.as_ref();
                         let counts = &mut self.counts;
                         let scanned = self.to_client.scan(|f| {
+                            if f.tag == b'E'
+                                && let Some((_, stats)) = accounting
+                            {
+                                let (code, _) = crate::protocol::messages::error_fields(f.body);
+                                stats.record_error(code.unwrap_or(super::txn::UNKNOWN_SQLSTATE));
+                            }
                             if f.tag == b'Z' {
                                 link.on_ready_for_query(f.status);
                                 if *link == LinkState::Ready(TxStatus::Idle)

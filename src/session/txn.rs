@@ -44,6 +44,9 @@ const MAX_BIND_NAMES: usize = 8 * 1024;
 /// Replies outstanding before the proxy stops reading a pipelining client.
 const MAX_EXPECTED: usize = 64 * 1024;
 
+/// Counted for an ErrorResponse without a code (no server sends one; a class of its own).
+pub(crate) const UNKNOWN_SQLSTATE: &str = "??";
+
 /// Reported parameters a client cannot set, so never replayed.
 const UNSETTABLE_PARAMETERS: &[&str] = &[
     "server_version",
@@ -1167,6 +1170,8 @@ impl<'a> TxnSession<'a> {
             b'E' => {
                 if front_owner != Some(Owner::Proxy) {
                     self.txn_failed = true;
+                    let (code, _) = messages::error_fields(&self.server_msg()[5..len + 1]);
+                    self.stats.record_error(code.unwrap_or(UNKNOWN_SQLSTATE));
                 }
                 let action = own(front_owner);
                 if front_owner == Some(Owner::Proxy) && front_reply == Some(Reply::Query) {

@@ -75,6 +75,8 @@ pub struct BackendTarget {
     pub server_max_connections: u32,
     /// That role's password (empty for trust).
     pub password: Secret,
+    /// How connections to the server are secured.
+    pub tls: crate::pool::backend_tls::BackendTls,
 }
 
 impl std::fmt::Debug for BackendTarget {

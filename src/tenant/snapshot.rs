@@ -131,6 +131,7 @@ fn build_tenant(
                 .unwrap_or(d.server_max_connections)
                 .max(1),
             password,
+            tls: server.backend_tls()?,
         }),
         pool: PoolSettings {
             mode,

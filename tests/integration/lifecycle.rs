@@ -177,6 +177,28 @@ async fn servers_are_added_listed_and_removed_without_showing_passwords() {
     assert!(again.contains("already exists"), "{again}");
     let bad = fails(&url, &["server", "add", "Bad\"Name", "--host", "x"], "pw\n").await;
     assert!(bad.contains("invalid server name"), "{bad}");
+    let args = [
+        "server",
+        "add",
+        "d",
+        "--host",
+        "x",
+        "--tls-mode",
+        "sometimes",
+    ];
+    let bad = fails(&url, &args, "pw\n").await;
+    assert!(bad.contains("--tls-mode \"sometimes\""), "{bad}");
+    let args = [
+        "server",
+        "add",
+        "d",
+        "--host",
+        "x",
+        "--tls-mode",
+        "verify-full",
+    ];
+    let bad = fails(&url, &args, "pw\n").await;
+    assert!(bad.contains("needs --tls-ca-file"), "{bad}");
     // The env variable is the other way to pass the password; never argv.
     let (success, out, err) = tokio::task::spawn_blocking({
         let url = url.clone();
@@ -190,6 +212,10 @@ async fn servers_are_added_listed_and_removed_without_showing_passwords() {
                     "127.0.0.1",
                     "--max-connections",
                     "7",
+                    "--tls-mode",
+                    "verify-full",
+                    "--tls-ca-file",
+                    "/etc/ca.pem",
                 ])
                 .env("PGTENANT_CATALOG_URL", &url)
                 .env("PGTENANT_SERVER_PASSWORD", "from-env")
@@ -209,13 +235,19 @@ async fn servers_are_added_listed_and_removed_without_showing_passwords() {
     let c = connect_url(&url).await.expect("catalog");
     let row = c
         .query_one(
-            "SELECT backend_password, max_connections FROM pgtenant.servers WHERE name = 'c'",
+            "SELECT backend_password, max_connections, tls_mode, tls_ca_file
+             FROM pgtenant.servers WHERE name = 'c'",
             &[],
         )
         .await
         .expect("row");
     assert_eq!(row.get::<_, String>(0), "from-env");
     assert_eq!(row.get::<_, Option<i32>>(1), Some(7));
+    assert_eq!(row.get::<_, String>(2), "verify-full");
+    assert_eq!(
+        row.get::<_, Option<String>>(3).as_deref(),
+        Some("/etc/ca.pem")
+    );
     // A server holding a tenant stays.
     let slug = unique("srv");
     create(&url, &slug, "schema", &items_dir("schema")).await;

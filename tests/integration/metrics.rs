@@ -96,6 +96,23 @@ async fn metrics_follow_clients_transactions_waits_and_failures() {
     );
     holder.batch_execute("COMMIT").await.expect("commit");
     waiting.await.expect("task").expect("waiter served");
+    // Backend errors count too, by class: 22012 in session mode (t1), 42P01 and 22012 in
+    // transaction mode (t2, simple and extended protocol).
+    let e = c1
+        .simple_query("SELECT 1/0")
+        .await
+        .expect_err("division by zero");
+    assert_eq!(sqlstate(&e), "22012");
+    let e = holder
+        .simple_query("SELECT * FROM no_such_table")
+        .await
+        .expect_err("no table");
+    assert_eq!(sqlstate(&e), "42P01");
+    let e = holder
+        .query("SELECT 1 / $1", &[&0i32])
+        .await
+        .expect_err("division by zero");
+    assert_eq!(sqlstate(&e), "22012");
 
     let m = scrape(metrics).await;
     let l1 = format!("tenant=\"{t1}\"");
@@ -112,9 +129,19 @@ async fn metrics_follow_clients_transactions_waits_and_failures() {
     );
     assert_eq!(
         value(&m, &format!("pgtenant_transactions_total{{{l1}}}")),
-        3.0
+        4.0
     );
-    assert_eq!(value(&m, &format!("pgtenant_queries_total{{{l1}}}")), 3.0);
+    assert_eq!(value(&m, &format!("pgtenant_queries_total{{{l1}}}")), 4.0);
+    for (labels, class) in [(&l1, "22"), (&l2, "22"), (&l2, "42")] {
+        assert_eq!(
+            value(
+                &m,
+                &format!("pgtenant_errors_total{{{labels},class=\"{class}\"}}")
+            ),
+            1.0,
+            "{labels} {class}"
+        );
+    }
     assert!(value(&m, &format!("pgtenant_sent_bytes_total{{{l1}}}")) > 0.0);
     assert_eq!(
         value(&m, &format!("pgtenant_auth_failures_total{{{l2}}}")),
@@ -137,7 +164,7 @@ async fn metrics_follow_clients_transactions_waits_and_failures() {
     );
     assert_eq!(
         value(&m, &format!("pgtenant_transactions_total{{{l2}}}")),
-        2.0
+        5.0
     );
     let server = format!("server=\"{}\"", bed.a.name);
     assert!(
@@ -221,4 +248,71 @@ async fn usage_rows_reach_the_catalog() {
         5,
         "the last transaction was flushed at shutdown"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_changes_report_their_lag_and_servers_tls_mode_comes_from_the_catalog() {
+    let bed = bed();
+    let url = create_catalog(&bed.catalog, &[&bed.a]).await;
+    let slug = unique("lag");
+    create_tenant_db(&bed.a, &slug).await;
+    let catalog = connect_url(&url).await.expect("catalog");
+    catalog_add_tenant(&catalog, &slug, &bed.a, &slug).await;
+    let toml = format!(
+        "{}[metrics]\naddress = \"127.0.0.1:0\"\n[catalog]\nurl = \"{url}\"\n",
+        listener_toml("scram-sha-256")
+    );
+    let proxy = start_proxy(&toml).await;
+    let (addr, metrics) = (proxy.addrs[0], proxy.metrics_addr.expect("metrics"));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            connect(addr, "app", &slug).await.is_ok()
+        })
+        .await
+    );
+    // No change notified yet: no lag to report.
+    let lag = "pgtenant_catalog_notification_lag_seconds";
+    assert_eq!(value(&scrape(metrics).await, lag), 0.0);
+
+    // The catalog says the server needs TLS, which it does not offer: the tenant's next
+    // connection fails; the change itself came with its time, so the lag is known.
+    catalog
+        .execute(
+            "UPDATE pgtenant.servers SET tls_mode = 'require' WHERE name = $1",
+            &[&bed.a.name],
+        )
+        .await
+        .expect("require tls");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            matches!(connect(addr, "app", &slug).await, Err(e) if sqlstate(&e) == "08006")
+        })
+        .await,
+        "a server the catalog says needs TLS is not reached in plaintext"
+    );
+    let seen = value(&scrape(metrics).await, lag);
+    assert!(seen > 0.0 && seen < 60.0, "lag {seen}");
+    catalog
+        .execute(
+            "UPDATE pgtenant.servers SET tls_mode = 'prefer' WHERE name = $1",
+            &[&bed.a.name],
+        )
+        .await
+        .expect("prefer tls");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            connect(addr, "app", &slug).await.is_ok()
+        })
+        .await
+    );
+    // verify-full without a CA file is refused by the catalog itself.
+    let e = catalog
+        .execute(
+            "UPDATE pgtenant.servers SET tls_mode = 'verify-full' WHERE name = $1",
+            &[&bed.a.name],
+        )
+        .await
+        .expect_err("no CA file");
+    assert_eq!(sqlstate(&e), "23514");
+    proxy.shutdown().await;
 }

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -215,4 +216,191 @@ async fn a_listener_with_a_bad_certificate_does_not_start() {
     let half = "[[listeners]]\naddress = \"127.0.0.1:0\"\ntls_required = true\n";
     let err = pgtenant::config::Config::from_toml(half).expect_err("invalid");
     assert!(err.to_string().contains("tls_required needs"), "{err}");
+}
+
+/// A CA and a certificate it signed for `names` only, as PEM strings.
+fn ca_and_cert(names: &[&str]) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+    let key = rcgen::KeyPair::generate().expect("server key");
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let cert = rcgen::CertificateParams::new(names)
+        .expect("params")
+        .signed_by(&key, &ca, &ca_key)
+        .expect("server cert");
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// What the backend says of the proxy's connection: is it TLS?
+async fn backend_uses_tls(c: &tokio_postgres::Client) -> bool {
+    c.query_one(
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        &[],
+    )
+    .await
+    .expect("pg_stat_ssl")
+    .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_tls_follows_each_servers_mode() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    // A server with TLS whose certificate names localhost only (no IP address).
+    let (ca, cert, key) = ca_and_cert(&["localhost"]);
+    let (other_ca, _, _) = ca_and_cert(&["localhost"]);
+    let (ca_file, other_ca_file) = (dir.join("ca.pem"), dir.join("other-ca.pem"));
+    std::fs::write(&ca_file, ca).expect("ca");
+    std::fs::write(&other_ca_file, other_ca).expect("other ca");
+    let (cluster, tls_pg) = own_server("tls_pg").await;
+    cluster.enable_tls(&cert, &key).expect("tls on");
+    let require_url = format!("{}?sslmode=require", tls_pg.superuser_url("postgres"));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            run(Command::new(pg_bin("psql")).args([&require_url, "-XAtc", "SELECT 1"])).0
+        })
+        .await,
+        "the test server never accepted TLS"
+    );
+    let db = unique("btls");
+    create_tenant_db(&tls_pg, &db).await;
+    let plain = &bed().a;
+    let plain_db = unique("btls");
+    create_tenant_db(plain, &plain_db).await;
+
+    // (server name, host, tls settings, the cluster, database, pool mode)
+    let ca_path = ca_file.display().to_string();
+    let other_path = other_ca_file.display().to_string();
+    let servers: Vec<(&'static str, &str, String, &Server, &str)> = vec![
+        (
+            "tls_disable",
+            "127.0.0.1",
+            "tls_mode = \"disable\"".into(),
+            &tls_pg,
+            &db,
+        ),
+        ("tls_prefer", "127.0.0.1", String::new(), &tls_pg, &db),
+        (
+            "tls_require",
+            "127.0.0.1",
+            "tls_mode = \"require\"".into(),
+            &tls_pg,
+            &db,
+        ),
+        (
+            "tls_verify",
+            "localhost",
+            format!("tls_mode = \"verify-full\"\ntls_ca_file = \"{ca_path}\""),
+            &tls_pg,
+            &db,
+        ),
+        (
+            "tls_other_ca",
+            "localhost",
+            format!("tls_mode = \"verify-full\"\ntls_ca_file = \"{other_path}\""),
+            &tls_pg,
+            &db,
+        ),
+        (
+            "tls_wrong_host",
+            "127.0.0.1",
+            format!("tls_mode = \"verify-full\"\ntls_ca_file = \"{ca_path}\""),
+            &tls_pg,
+            &db,
+        ),
+        (
+            "plain_prefer",
+            "127.0.0.1",
+            "tls_mode = \"prefer\"".into(),
+            plain,
+            &plain_db,
+        ),
+        (
+            "plain_require",
+            "127.0.0.1",
+            "tls_mode = \"require\"".into(),
+            plain,
+            &plain_db,
+        ),
+    ];
+    let mut toml = listener_toml("scram-sha-256");
+    let mut slugs = Vec::new();
+    for (i, (name, host, tls, on, database)) in servers.iter().enumerate() {
+        toml.push_str(&format!(
+            "[[servers]]\nname = \"{name}\"\nhost = \"{host}\"\nport = {}\nuser = \"{SCRAM_ROLE}\"\npassword = \"{PASSWORD}\"\n{tls}\n",
+            on.port
+        ));
+        let slug = unique("btls");
+        // Every other tenant pools by transaction, so both relays run over TLS.
+        let mode = if i % 2 == 0 { "transaction" } else { "session" };
+        let named = Server {
+            name,
+            port: on.port,
+        };
+        toml.push_str(&tenant_toml(
+            &slug,
+            &named,
+            database,
+            &format!("pool_mode = \"{mode}\""),
+        ));
+        slugs.push(slug);
+    }
+    let proxy = start_proxy(&toml).await;
+    let addr = proxy.addrs[0];
+    let expect = [
+        Some(false), // disable
+        Some(true),  // prefer, offered
+        Some(true),  // require
+        Some(true),  // verify-full, right CA and name
+        None,        // verify-full, another CA
+        None,        // verify-full, a name the certificate lacks
+        Some(false), // prefer, not offered
+        None,        // require, not offered
+    ];
+    for ((slug, (name, ..)), want) in slugs.iter().zip(&servers).zip(expect) {
+        let got = connect(addr, "app", slug).await;
+        match want {
+            Some(tls) => {
+                let c = got.unwrap_or_else(|e| panic!("{name}: {e:?}"));
+                assert_eq!(backend_uses_tls(&c).await, tls, "{name}");
+                // Extended protocol and a larger result through the (TLS) relay.
+                let rows = c
+                    .query(
+                        "SELECT g, repeat('x', 1000) FROM generate_series(1, $1) g",
+                        &[&500i32],
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert_eq!(rows.len(), 500, "{name}");
+                assert_eq!(
+                    whoami(&c).await,
+                    *servers
+                        .iter()
+                        .find(|s| s.0 == *name)
+                        .map(|s| &s.4)
+                        .unwrap_or(&""),
+                    "{name}"
+                );
+            }
+            None => {
+                let e = got.expect_err(name);
+                assert_eq!(sqlstate(&e), "08006", "{name}");
+            }
+        }
+    }
+    proxy.shutdown().await;
+
+    // A bad tls_mode or verify-full without a CA file is refused when the file is read.
+    for bad in ["tls_mode = \"sometimes\"", "tls_mode = \"verify-full\""] {
+        let toml = format!(
+            "{}{}{bad}\n",
+            listener_toml("scram-sha-256"),
+            plain.toml(SCRAM_ROLE)
+        );
+        let e = pgtenant::config::Config::from_toml(&toml).expect_err(bad);
+        assert!(e.to_string().contains("tls"), "{e}");
+    }
+    drop(cluster);
 }

@@ -26,6 +26,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0004_usage.sql",
         include_str!("../../../catalog_migrations/0004_usage.sql"),
     ),
+    (
+        5,
+        "0005_server_tls.sql",
+        include_str!("../../../catalog_migrations/0005_server_tls.sql"),
+    ),
 ];
 
 /// Advisory lock key that serialises migration runs ("pgtenant" in ASCII).

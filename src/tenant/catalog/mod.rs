@@ -22,6 +22,9 @@ pub struct CatalogHealth {
     pub last_load: Option<SystemTime>,
     /// Last failure, while it lasts.
     pub last_error: Option<String>,
+    /// From the last notified catalog change (its time, as the catalog's trigger saw it) to its
+    /// snapshot being in force here.
+    pub notification_lag: Option<std::time::Duration>,
 }
 
 /// The live snapshot and how it is kept current.
@@ -113,6 +116,14 @@ impl Catalog {
         let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
         h.last_load = Some(SystemTime::now());
         h.last_error = None;
+    }
+
+    /// Records how late a notified change came into force.
+    pub fn record_notification_lag(&self, lag: std::time::Duration) {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .notification_lag = Some(lag);
     }
 
     fn record_error(&self, error: String) {

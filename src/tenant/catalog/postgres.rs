@@ -4,7 +4,7 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -42,10 +42,11 @@ pub enum CatalogError {
 }
 
 /// Connects to the catalog database and drives the connection in a task. Notifications, if any,
-/// go to `notify` (bounded: one pending reload is enough).
+/// go to `notify` with the time of the change when the payload carries one (bounded: one
+/// pending reload is enough).
 pub async fn connect(
     url: &Secret,
-    notify: Option<mpsc::Sender<()>>,
+    notify: Option<mpsc::Sender<Option<SystemTime>>>,
 ) -> Result<Client, CatalogError> {
     let mut config =
         tokio_postgres::Config::from_str(url.expose()).map_err(|_| CatalogError::BadUrl)?;
@@ -60,10 +61,10 @@ pub async fn connect(
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(msg) = messages.next().await {
             match msg {
-                Ok(AsyncMessage::Notification(_)) => {
+                Ok(AsyncMessage::Notification(n)) => {
                     if let Some(tx) = &notify {
                         // Full means a reload is already pending: that one will see this change.
-                        let _ = tx.try_send(());
+                        let _ = tx.try_send(change_time(n.payload()));
                     }
                 }
                 Ok(_) => {}
@@ -110,14 +111,28 @@ async fn follow_once(catalog: &Catalog, db: &CatalogConfig) -> Result<(), Catalo
     loop {
         tokio::select! {
             n = rx.recv() => {
-                if n.is_none() {
+                let Some(changed_at) = n else {
                     return Err(CatalogError::Closed);
-                }
+                };
                 reload(catalog, &client).await?;
+                if let Some(lag) = changed_at.and_then(|t| SystemTime::now().duration_since(t).ok()) {
+                    catalog.record_notification_lag(lag);
+                }
             }
             _ = tick.tick() => reload(catalog, &client).await?,
         }
     }
+}
+
+/// The time a change notification carries after its '@' (seconds since the epoch, as the
+/// catalog's trigger wrote them from 0005 on).
+fn change_time(payload: &str) -> Option<SystemTime> {
+    let (_, secs) = payload.rsplit_once('@')?;
+    let secs: f64 = secs.parse().ok()?;
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    SystemTime::UNIX_EPOCH.checked_add(Duration::try_from_secs_f64(secs).ok()?)
 }
 
 async fn reload(catalog: &Catalog, client: &Client) -> Result<(), CatalogError> {
@@ -143,7 +158,8 @@ async fn load_rows(
 ) -> Result<(Vec<ServerConfig>, Vec<TenantConfig>), CatalogError> {
     let servers = client
         .query(
-            "SELECT name, host, port, backend_user, backend_password, max_connections
+            "SELECT name, host, port, backend_user, backend_password, max_connections,
+                    tls_mode, tls_ca_file
              FROM pgtenant.servers",
             &[],
         )
@@ -158,6 +174,8 @@ async fn load_rows(
             max_connections: r
                 .get::<_, Option<i32>>(5)
                 .and_then(|v| u32::try_from(v).ok()),
+            tls_mode: r.get(6),
+            tls_ca_file: r.get(7),
         })
         .collect();
     let mut tenants: Vec<TenantConfig> = client

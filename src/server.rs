@@ -290,20 +290,24 @@ async fn drain(shared: &Shared, clients: &mut JoinSet<()>) {
 /// A client's socket. If its task is dropped while the proxy shuts down, it says goodbye with
 /// 57P01 on the way out: no per-wakeup cost for watching the shutdown signal.
 struct ClientSocket {
-    /// None once a TLS handshake took it over (a TLS goodbye cannot be written from Drop).
+    /// None once a TLS handshake took it over (then [`crate::tls::TlsClient`] says goodbye).
     stream: Option<TcpStream>,
     shared: Arc<Shared>,
     kick: Arc<KickSwitch>,
 }
 
+/// What a client whose task is being dropped must hear, if anything.
+fn goodbye(shared: &Shared, kick: &KickSwitch) -> Option<ClientError> {
+    if shared.shutting_down.load(Ordering::Acquire) {
+        Some(ClientError::shutting_down())
+    } else {
+        kick.reason().cloned()
+    }
+}
+
 impl Drop for ClientSocket {
     fn drop(&mut self) {
-        let reason = if self.shared.shutting_down.load(Ordering::Acquire) {
-            Some(ClientError::shutting_down())
-        } else {
-            self.kick.reason().cloned()
-        };
-        if let (Some(reason), Some(stream)) = (reason, &self.stream) {
+        if let (Some(reason), Some(stream)) = (goodbye(&self.shared, &self.kick), &self.stream) {
             let mut out = BytesMut::new();
             messages::error_response(&mut out, &reason);
             let _ = stream.try_write(&out);
@@ -377,7 +381,7 @@ async fn handle_client(
 /// The TLS handshake, then the startup packet and the session over TLS.
 async fn serve_tls(tcp: TcpStream, acceptor: Arc<tokio_rustls::TlsAcceptor>, login: Login<'_>) {
     let span = login.span;
-    let mut tls = match tokio::time::timeout_at(login.deadline, acceptor.accept(tcp)).await {
+    let tls = match tokio::time::timeout_at(login.deadline, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::info!(parent: span, error = %e, "TLS handshake failed");
@@ -386,6 +390,11 @@ async fn serve_tls(tcp: TcpStream, acceptor: Arc<tokio_rustls::TlsAcceptor>, log
         Err(_) => return,
     };
     let sni = tls.get_ref().1.server_name().map(str::to_owned);
+    let (shared, kick) = (login.shared.clone(), login.kick.clone());
+    let mut tls = crate::tls::TlsClient {
+        stream: tls,
+        goodbye: Box::new(move || goodbye(&shared, &kick)),
+    };
     let mut early = BytesMut::new();
     let Some(hs) = first_packets(&mut tls, &mut early, login.deadline, false)
         .instrument(span.clone())

@@ -97,3 +97,91 @@ pub fn load_acceptor(listener: &ListenerConfig) -> Result<Option<TlsAcceptor>, T
         _ => Ok(None),
     }
 }
+
+/// Writes through a rustls stream and pushes the records out at once: rustls may take bytes
+/// while the socket is full and report them written, and a relay that has nothing more to say
+/// would otherwise never flush them.
+#[inline]
+pub(crate) fn poll_write_through<S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    cx: &mut std::task::Context<'_>,
+    buf: &[u8],
+) -> std::task::Poll<std::io::Result<usize>> {
+    let wrote = std::pin::Pin::new(&mut *stream).poll_write(cx, buf);
+    if matches!(wrote, std::task::Poll::Ready(Ok(_))) {
+        let _ = std::pin::Pin::new(stream).poll_flush(cx);
+    }
+    wrote
+}
+
+/// Reads from a rustls stream after pushing out records an earlier write left behind (the
+/// relays poll the read side on every pass, so stalled records go out as the socket drains).
+#[inline]
+pub(crate) fn poll_read_flushing<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    cx: &mut std::task::Context<'_>,
+    buf: &mut tokio::io::ReadBuf<'_>,
+) -> std::task::Poll<std::io::Result<()>> {
+    let _ = std::pin::Pin::new(&mut *stream).poll_flush(cx);
+    std::pin::Pin::new(stream).poll_read(cx, buf)
+}
+
+/// A client's TLS session. Reads and writes go through [`poll_read_flushing`] and
+/// [`poll_write_through`]; dropped because the client was kicked or the proxy shuts down, it
+/// says why (57P01) as plain TCP clients hear it, then closes the TLS session.
+pub(crate) struct TlsClient {
+    /// The session.
+    pub stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    /// What to say when dropped, if anything (computed then).
+    pub goodbye: Box<dyn Fn() -> Option<crate::error::ClientError> + Send + Sync>,
+}
+
+impl tokio::io::AsyncRead for TlsClient {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        poll_read_flushing(&mut self.get_mut().stream, cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsClient {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        poll_write_through(&mut self.get_mut().stream, cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+impl Drop for TlsClient {
+    fn drop(&mut self) {
+        let Some(reason) = (self.goodbye)() else {
+            return;
+        };
+        // Never blocks: what the socket does not take now is lost, as on plain TCP.
+        let mut out = bytes::BytesMut::new();
+        crate::protocol::messages::error_response(&mut out, &reason);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut stream = std::pin::Pin::new(&mut self.stream);
+        let _ = tokio::io::AsyncWrite::poll_write(stream.as_mut(), &mut cx, &out);
+        stream.as_mut().get_mut().get_mut().1.send_close_notify();
+        let _ = tokio::io::AsyncWrite::poll_flush(stream, &mut cx);
+    }
+}

@@ -124,15 +124,7 @@ impl AsyncRead for BackendStream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             BackendStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            BackendStream::Tls(s) => {
-                // Records a write left in rustls (the socket was full) go out here: the relays
-                // poll their backend's read side on every pass, but write only when they have
-                // something new to say.
-                if s.get_ref().1.wants_write() {
-                    let _ = Pin::new(&mut **s).poll_flush(cx);
-                }
-                Pin::new(&mut **s).poll_read(cx, buf)
-            }
+            BackendStream::Tls(s) => crate::tls::poll_read_flushing(&mut **s, cx, buf),
         }
     }
 }
@@ -146,14 +138,7 @@ impl AsyncWrite for BackendStream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             BackendStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            BackendStream::Tls(s) => {
-                // rustls may take the bytes while the socket is full; push them on at once.
-                let wrote = Pin::new(&mut **s).poll_write(cx, buf);
-                if matches!(wrote, Poll::Ready(Ok(_))) {
-                    let _ = Pin::new(&mut **s).poll_flush(cx);
-                }
-                wrote
-            }
+            BackendStream::Tls(s) => crate::tls::poll_write_through(&mut **s, cx, buf),
         }
     }
 

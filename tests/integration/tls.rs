@@ -196,6 +196,41 @@ async fn tls_clients_verify_the_proxy_and_name_tenants_by_server_name() {
         String::from_utf8_lossy(&out.stdout).contains(&t1),
         "the held session went on"
     );
+
+    // A TLS client whose tenant is killed mid-query hears why (57P01), as plaintext ones do.
+    let busy = Command::new(pg_bin("psql"))
+        .args(["-X", "-A", "-t", "-d"])
+        .arg(conninfo(open, &format!("user=app.{t1} sslmode=require")))
+        .args(["-c", "SELECT pg_sleep(30)"])
+        .env("PGPASSWORD", PASSWORD)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("psql");
+    let sleeping = || async {
+        let c = bed.a.superuser("postgres").await;
+        c.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'",
+            &[],
+        )
+        .await
+        .expect("activity")
+        .get::<_, i64>(0)
+            == 1
+    };
+    assert!(eventually(std::time::Duration::from_secs(10), sleeping).await);
+    admin
+        .simple_query(&format!("KILL {t1}"))
+        .await
+        .expect("kill");
+    let out = tokio::task::spawn_blocking(move || busy.wait_with_output().expect("psql ends"))
+        .await
+        .expect("task");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("administrator killed"),
+        "{err}"
+    );
     proxy.shutdown().await;
 }
 

@@ -382,7 +382,12 @@ async fn backend_tls_follows_each_servers_mode() {
         ));
         slugs.push(slug);
     }
-    let proxy = start_proxy(&toml).await;
+    let path = dir.join("pgtenant.toml");
+    std::fs::write(&path, &toml).expect("config");
+    let proxy = pgtenant::server::start(pgtenant::config::Config::load(&path).expect("valid"))
+        .await
+        .expect("starts");
+    proxy.shared.set_config_path(path.clone());
     let addr = proxy.addrs[0];
     let expect = [
         Some(false), // disable
@@ -425,6 +430,18 @@ async fn backend_tls_follows_each_servers_mode() {
             }
         }
     }
+    // A renewed CA file is read again on RELOAD (not before: the built config is kept).
+    let other_ca_slug = &slugs[4];
+    std::fs::copy(&ca_file, &other_ca_file).expect("renew the CA file");
+    let e = connect(addr, "app", other_ca_slug)
+        .await
+        .expect_err("before RELOAD");
+    assert_eq!(sqlstate(&e), "08006");
+    pgtenant::reload::reload(&proxy.shared).expect("reload");
+    let c = connect(addr, "app", other_ca_slug)
+        .await
+        .expect("after RELOAD");
+    assert!(backend_uses_tls(&c).await);
     proxy.shutdown().await;
 
     // A bad tls_mode or verify-full without a CA file is refused when the file is read.

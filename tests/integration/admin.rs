@@ -672,3 +672,95 @@ fn first_value(messages: &[SimpleQueryMessage]) -> String {
         })
         .expect("a row")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_console_command_through_psql() {
+    let bed = bed();
+    let (t1, t2) = (unique("psq"), unique("psq"));
+    create_tenant_db(&bed.a, &t1).await;
+    create_tenant_db(&bed.a, &t2).await;
+    let admin_hash = postgres_protocol::password::scram_sha_256(ADMIN_PASSWORD.as_bytes());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pgtenant.toml");
+    let toml = format!(
+        "{}[[admin.users]]\nname = \"dba\"\npassword_hash = \"{admin_hash}\"\n{}{}{}",
+        listener_toml("scram-sha-256"),
+        bed.a.toml(SCRAM_ROLE),
+        tenant_toml(&t1, &bed.a, &t1, ""),
+        tenant_toml(&t2, &bed.a, &t2, "pool_mode = \"transaction\""),
+    );
+    std::fs::write(&path, toml).expect("config");
+    let proxy = pgtenant::server::start(pgtenant::config::Config::load(&path).expect("valid"))
+        .await
+        .expect("starts");
+    proxy.shared.set_config_path(path.clone());
+    let addr = proxy.addrs[0];
+    let c1 = connect(addr, "app", &t1).await.expect("t1");
+    c1.simple_query("SELECT 1").await.expect("query");
+    let c2 = connect(addr, "app", &t2).await.expect("t2");
+
+    let mut psql = std::process::Command::new(pg_bin("psql"));
+    psql.arg(format!(
+        "postgresql://dba:{ADMIN_PASSWORD}@127.0.0.1:{}/pgtenant",
+        addr.port()
+    ))
+    .args(["-X", "-A", "-F", ","]);
+    for command in [
+        "SHOW TENANTS".to_owned(),
+        "SHOW POOLS".into(),
+        "SHOW CLIENTS".into(),
+        "SHOW SERVERS".into(),
+        "SHOW STATS".into(),
+        "SHOW CONFIG".into(),
+        "SHOW VERSION".into(),
+        format!("PAUSE {t1}"),
+        format!("RESUME {t1}"),
+        format!("KILL {t2}"),
+        format!("DISABLE {t1}"),
+        "RELOAD".into(),
+        "SHOW NONSENSE".into(),
+        "SHUTDOWN".into(),
+    ] {
+        psql.args(["-c", &command]);
+    }
+    let (_, out, err) = run(&mut psql);
+    let server = bed.a.name;
+    let expected = [
+        // SHOW TENANTS, SHOW POOLS, SHOW STATS: one row per tenant.
+        format!("{t1},active,{server},{t1},{SCRAM_ROLE},session,"),
+        format!("{t2},active,{server},{t2},{SCRAM_ROLE},transaction,"),
+        format!("{t1},{server},session,"),
+        format!("{t1},1,1,"),
+        // SHOW CLIENTS lists the console session itself.
+        ",(console),dba,127.0.0.1:".into(),
+        format!("{server},127.0.0.1,{},", bed.a.port),
+        "proxy.pause_timeout_ms,30000".into(),
+        format!("pgtenant {}", env!("CARGO_PKG_VERSION")),
+        "PAUSE".into(),
+        "RESUME".into(),
+        "KILL".into(),
+        "key,value,status".into(),
+        "SHUTDOWN".into(),
+    ];
+    for line in expected {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&line) || l.contains(&line)),
+            "no {line:?} in:\n{out}"
+        );
+    }
+    assert!(
+        err.contains("tenants of the config file change in the file"),
+        "{err}"
+    );
+    assert!(err.contains("unknown admin command"), "{err}");
+    assert!(
+        eventually(Duration::from_secs(5), || async { c2.is_closed() }).await,
+        "KILL closed t2's client"
+    );
+    tokio::time::timeout(Duration::from_secs(5), proxy.shutdown_requested())
+        .await
+        .expect("SHUTDOWN reached the proxy");
+    drop(c1);
+    proxy.shutdown().await;
+}

@@ -114,8 +114,18 @@ async fn metrics_follow_clients_transactions_waits_and_failures() {
         .expect_err("division by zero");
     assert_eq!(sqlstate(&e), "22012");
 
-    let m = scrape(metrics).await;
+    // A transaction is counted just after its ReadyForQuery went out: wait for the last one.
     let l1 = format!("tenant=\"{t1}\"");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let m = scrape(metrics).await;
+            m.get(&format!("pgtenant_transactions_total{{{l2}}}")) == Some(&5.0)
+                && m.get(&format!("pgtenant_transactions_total{{{l1}}}")) == Some(&4.0)
+        })
+        .await,
+        "transactions counted"
+    );
+    let m = scrape(metrics).await;
     assert_eq!(
         value(&m, &format!("pgtenant_client_connections{{{l1}}}")),
         1.0

@@ -17,6 +17,8 @@ const MAINTENANCE_DB: &str = "postgres";
 
 /// SQLSTATE duplicate_database.
 const DUPLICATE_DATABASE: &str = "42P04";
+/// unique_violation: what the loser of two concurrent CREATE DATABASE of one name gets.
+const UNIQUE_VIOLATION: &str = "23505";
 /// Serialises the set-up of a shared database between concurrent `tenant create`s.
 const SETUP_LOCK_KEY: i64 = 0x7067_745f_7365_7475;
 
@@ -371,8 +373,13 @@ async fn ensure_shared_database(
         {
             // Infrastructure, like the server: it stays for the next tenant even if this one fails.
             Ok(()) => {}
-            // Another `tenant create` made it first: share it.
-            Err(e) if e.code().map(|c| c.code()) == Some(DUPLICATE_DATABASE) => {}
+            // Another `tenant create` made it first: share it. Two CREATE DATABASE racing each
+            // other meet in pg_database's unique index (23505) rather than in the name check.
+            Err(e)
+                if matches!(
+                    e.code().map(|c| c.code()),
+                    Some(DUPLICATE_DATABASE | UNIQUE_VIOLATION)
+                ) => {}
             Err(e) => {
                 return Err(ProvisionError::Db {
                     step: format!("creating shared database \"{database}\""),

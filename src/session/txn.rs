@@ -524,8 +524,20 @@ impl<'a> TxnSession<'a> {
         }
     }
 
-    /// Writes the proxy's replies that have reached the front of the queue.
+    /// Writes the proxy's replies that have reached the front of the queue. Runs after every
+    /// backend message; the check stays inline (out of line it cost ~100 instructions a
+    /// transaction), the rare writing does not.
+    #[inline(always)]
     fn flush_locals(&mut self) {
+        if matches!(
+            self.expect.front(),
+            Some(Expect::Local(_) | Expect::CopyEnd)
+        ) {
+            self.write_front_locals();
+        }
+    }
+
+    fn write_front_locals(&mut self) {
         while let Some(Expect::Local(_) | Expect::CopyEnd) = self.expect.front() {
             if let Some(Expect::Local(reply)) = self.expect.pop_front() {
                 self.write_local(reply);
@@ -636,6 +648,7 @@ impl<'a> TxnSession<'a> {
 
     /// Lets a transaction start: a draining proxy lets transactions finish but starts none, and
     /// a PAUSE holds them until RESUME (false: held). The client is busy from here.
+    #[inline]
     fn pass_gate(&mut self) -> Result<bool, TxnEnd> {
         match self.kick.begin_transaction() {
             Gate::Open => {

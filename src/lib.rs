@@ -5,7 +5,7 @@
 //! relays the connection to a pooled backend connection that belongs to that tenant.
 //!
 //! ```text
-//! listener ─► handshake (SSLRequest/GSSENCRequest refused, StartupMessage or CancelRequest)
+//! listener ─► handshake (SSLRequest ─► TLS when configured, StartupMessage or CancelRequest)
 //!          ─► resolve (database name | user.tenant | options  ─►  catalog snapshot)
 //!          ─► auth (SCRAM-SHA-256 / md5 / trust against the tenant user's stored verifier)
 //!          ─► pool.checkout(tenant) ─► relay (raw frames both ways) ─► reset ─► pool   (session)
@@ -19,15 +19,16 @@
 //! - [`handshake`]: the pre-authentication leg of a client connection.
 //! - [`auth`]: SCRAM-SHA-256 / md5 / trust for clients, and the proxy's own backend login.
 //! - [`tenant`]: pure tenant resolution, the routing snapshot and the catalog sources.
-//! - [`pool`]: backend connections, per-tenant pools with a guard that returns on drop, and each
-//!   server's shared connection budget with fair hand-off between tenants.
+//! - [`pool`]: backend connections (plain or TLS per server), per-tenant pools with a guard that
+//!   returns on drop, each server's shared connection budget with fair hand-off between tenants,
+//!   and the PAUSE gates that hold new transactions.
 //! - [`session`]: a client's life after login: parameter sync, the session relay, the
 //!   transaction-mode session (prepared statements, tracked settings, pinning), cancel routing.
 //! - [`server`]: the accept loop, connection permits and shutdown.
 //! - [`metrics`]: the Prometheus endpoint, rendered from live state at scrape time.
 //! - [`stats`]: per-tenant usage counters, added once per transaction.
 //! - [`usage`]: per-tenant usage flushed to the catalog database.
-//! - [`tls`]: client-facing TLS acceptors per listener, reloadable.
+//! - [`tls`]: client-facing TLS acceptors per listener, reloadable; the TLS client stream.
 //! - [`reload`]: re-reading the config file on SIGHUP or RELOAD.
 //! - [`admin`]: the admin console reached with psql through the reserved database name.
 //! - [`localpg`]: throwaway local Postgres clusters (quickstart and tests).

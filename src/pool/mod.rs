@@ -108,7 +108,10 @@ impl Pools {
     ) -> Option<ClientSlot> {
         let clients = {
             let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-            clients.entry(tenant.to_owned()).or_default().clone()
+            match clients.get(tenant) {
+                Some(c) => c.clone(),
+                None => clients.entry(tenant.to_owned()).or_default().clone(),
+            }
         };
         let admitted = clients
             .count
@@ -132,6 +135,9 @@ impl Pools {
 
     fn pause_gate(&self, tenant: &str) -> Arc<PauseGate> {
         let mut pauses = self.pauses.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(gate) = pauses.get(tenant) {
+            return gate.clone();
+        }
         pauses.entry(tenant.to_owned()).or_default().clone()
     }
 
@@ -170,12 +176,17 @@ impl Pools {
         pauses.get(tenant).is_some_and(|g| g.is_paused())
     }
 
-    /// Clients of `tenant` (of every tenant when `None`) inside a transaction now.
+    /// Clients of `tenant` (of every tenant when `None`) inside a transaction now. PAUSE asks
+    /// every few milliseconds, so nothing is copied.
     pub fn busy_clients(&self, tenant: Option<&str>) -> usize {
-        self.clients()
+        let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients
             .iter()
-            .filter(|(t, c)| t != CONSOLE_KEY && tenant.is_none_or(|want| want == t) && c.is_busy())
-            .count()
+            .filter(|(t, _)| {
+                t.as_str() != CONSOLE_KEY && tenant.is_none_or(|want| want == t.as_str())
+            })
+            .map(|(_, c)| c.members().values().filter(|k| k.is_busy()).count())
+            .sum()
     }
 
     /// The usage counters of `tenant`, made on first use; they outlive pool replacements.

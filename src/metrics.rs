@@ -128,6 +128,20 @@ pub fn render(shared: &Shared) -> String {
         "Clients waiting for a backend connection.",
         &samples,
     );
+    let samples: Vec<_> = pools
+        .iter()
+        .map(|p| {
+            let paused = shared.pools.is_paused(&p.tenant);
+            (tenant(&p.tenant), u8::from(paused).to_string())
+        })
+        .collect();
+    family(
+        &mut out,
+        "pgtenant_paused",
+        "gauge",
+        "1 while a console PAUSE holds the tenant's new transactions.",
+        &samples,
+    );
     let mut samples = Vec::new();
     for p in &pools {
         let active = p.open.saturating_sub(p.idle);

@@ -196,6 +196,12 @@ async fn metrics_follow_clients_transactions_waits_and_failures() {
         ) >= 2.0
     );
     assert_eq!(value(&m, "pgtenant_catalog_up"), 1.0);
+    assert_eq!(value(&m, &format!("pgtenant_paused{{{l2}}}")), 0.0);
+    proxy.shared.pools.pause(Some(&t2));
+    let paused = scrape(metrics).await;
+    assert_eq!(value(&paused, &format!("pgtenant_paused{{{l2}}}")), 1.0);
+    assert_eq!(value(&paused, &format!("pgtenant_paused{{{l1}}}")), 0.0);
+    proxy.shared.pools.resume(None);
     assert_eq!(value(&m, "pgtenant_tenants"), 2.0);
     let (status, _) = get(metrics, "/other").await;
     assert!(status.contains("404"), "{status}");

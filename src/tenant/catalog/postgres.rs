@@ -222,3 +222,30 @@ async fn load_rows(
     }
     Ok((servers, tenants))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_time_reads_the_payloads_timestamp_and_ignores_the_rest() {
+        let t = change_time("tenants:UPDATE@1764600000.25").expect("a time");
+        assert_eq!(
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .expect("after epoch"),
+            Duration::from_millis(1_764_600_000_250)
+        );
+        // Payloads of catalogs before migration 0005, and garbage, carry no time.
+        for payload in [
+            "tenants:UPDATE",
+            "x@",
+            "x@abc",
+            "x@-5",
+            "x@NaN",
+            "x@inf",
+            "x@1e400",
+        ] {
+            assert_eq!(change_time(payload), None, "{payload}");
+        }
+    }
+}

@@ -129,6 +129,16 @@ async fn metrics_follow_clients_transactions_waits_and_failures() {
     assert_eq!(sqlstate(&e), "22012");
 
     let l1 = format!("tenant=\"{t1}\"");
+    // Queries are added with their transaction, once the proxy has read its ReadyForQuery.
+    // BEGIN, COMMIT, SELECT 2, the failed SELECT, the failed Execute.
+    let t2_queries = format!("pgtenant_queries_total{{{l2}}}");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            scrape(metrics).await.get(&t2_queries) == Some(&5.0)
+        })
+        .await,
+        "t2's five queries counted"
+    );
     assert!(
         transactions(l1.clone(), 4.0).await,
         "transactions counted: {:?}",
@@ -186,8 +196,6 @@ async fn metrics_follow_clients_transactions_waits_and_failures() {
         ),
         1.0
     );
-    // BEGIN, COMMIT, SELECT 2, the failed SELECT, the failed Execute.
-    assert_eq!(value(&m, &format!("pgtenant_queries_total{{{l2}}}")), 5.0);
     let server = format!("server=\"{}\"", bed.a.name);
     assert!(
         value(
@@ -318,8 +326,15 @@ async fn catalog_changes_report_their_lag_and_servers_tls_mode_comes_from_the_ca
         .await,
         "a server the catalog says needs TLS is not reached in plaintext"
     );
-    let seen = value(&scrape(metrics).await, lag);
-    assert!(seen > 0.0 && seen < 60.0, "lag {seen}");
+    // Recorded just after the snapshot went in force: wait for it.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let seen = value(&scrape(metrics).await, lag);
+            seen > 0.0 && seen < 60.0
+        })
+        .await,
+        "the change's lag is reported"
+    );
     catalog
         .execute(
             "UPDATE pgtenant.servers SET tls_mode = 'prefer' WHERE name = $1",

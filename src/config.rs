@@ -345,18 +345,11 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// The server's TLS settings, checked: a known mode, and a CA file for verify-full.
     pub fn backend_tls(&self) -> Result<crate::pool::backend_tls::BackendTls, String> {
-        use crate::pool::backend_tls::{BackendTls, BackendTlsMode};
-        let mode = match self.tls_mode.as_deref() {
-            None => BackendTlsMode::default(),
-            Some(m) => BackendTlsMode::parse(m).ok_or_else(|| {
-                format!("tls_mode \"{m}\" is not one of disable, prefer, require, verify-full")
-            })?,
-        };
-        let ca_file = self.tls_ca_file.clone().filter(|f| !f.is_empty());
-        if mode == BackendTlsMode::VerifyFull && ca_file.is_none() {
-            return Err("tls_mode verify-full needs tls_ca_file".into());
-        }
-        Ok(BackendTls { mode, ca_file })
+        crate::pool::backend_tls::BackendTls::from_settings(
+            self.tls_mode.as_deref(),
+            self.tls_ca_file.as_deref(),
+            ["tls_mode", "tls_ca_file"],
+        )
     }
 }
 

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use crate::pool::clock;
 
+/// Counted for an ErrorResponse without a code (no server sends one; a class of its own).
+const UNKNOWN_SQLSTATE: &str = "??";
+
 /// One tenant's totals since the proxy started (or the tenant first appeared).
 #[derive(Debug, Default)]
 pub struct TenantStats {
@@ -47,6 +50,13 @@ impl TenantStats {
             .position(|b| secs <= *b)
             .unwrap_or(WAIT_BUCKETS.len());
         self.wait_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an ErrorResponse a backend sent a client of the tenant, from its body (or as
+    /// much of it as the relay holds), by the SQLSTATE class in its 'C' field.
+    pub fn record_backend_error(&self, body: &[u8]) {
+        let (code, _) = crate::protocol::messages::error_fields(body);
+        self.record_error(code.unwrap_or(UNKNOWN_SQLSTATE));
     }
 
     /// Counts an error a client of the tenant was sent (by the proxy or relayed from its

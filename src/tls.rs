@@ -114,6 +114,17 @@ pub(crate) fn poll_write_through<S: tokio::io::AsyncWrite + Unpin>(
     wrote
 }
 
+/// Writes `bytes` and flushes without waiting, for a goodbye from Drop: whatever the socket (or
+/// rustls) does not take now is lost, as it would be on a closing plain socket.
+pub(crate) fn write_without_waiting<S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+) {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let _ = std::pin::Pin::new(&mut *stream).poll_write(&mut cx, bytes);
+    let _ = std::pin::Pin::new(stream).poll_flush(&mut cx);
+}
+
 /// Reads from a rustls stream after pushing out records an earlier write left behind (the
 /// relays poll the read side on every pass, so stalled records go out as the socket drains).
 #[inline]
@@ -175,13 +186,10 @@ impl Drop for TlsClient {
         let Some(reason) = (self.goodbye)() else {
             return;
         };
-        // Never blocks: what the socket does not take now is lost, as on plain TCP.
         let mut out = bytes::BytesMut::new();
         crate::protocol::messages::error_response(&mut out, &reason);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let mut stream = std::pin::Pin::new(&mut self.stream);
-        let _ = tokio::io::AsyncWrite::poll_write(stream.as_mut(), &mut cx, &out);
-        stream.as_mut().get_mut().get_mut().1.send_close_notify();
-        let _ = tokio::io::AsyncWrite::poll_flush(stream, &mut cx);
+        write_without_waiting(&mut self.stream, &out);
+        self.stream.get_mut().1.send_close_notify();
+        write_without_waiting(&mut self.stream, &[]);
     }
 }

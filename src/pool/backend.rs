@@ -246,9 +246,6 @@ impl BackendConn {
 impl Drop for BackendConn {
     fn drop(&mut self) {
         // Best effort Terminate so the server logs a clean disconnect; never blocks.
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let mut stream = std::pin::Pin::new(&mut self.stream);
-        let _ = tokio::io::AsyncWrite::poll_write(stream.as_mut(), &mut cx, &[b'X', 0, 0, 0, 4]);
-        let _ = tokio::io::AsyncWrite::poll_flush(stream, &mut cx);
+        crate::tls::write_without_waiting(&mut self.stream, &[b'X', 0, 0, 0, 4]);
     }
 }

@@ -66,6 +66,30 @@ pub struct BackendTls {
     pub ca_file: Option<String>,
 }
 
+impl BackendTls {
+    /// Checks a server's settings as written (config file, catalog row, CLI flags): a known
+    /// mode (prefer when absent) and a CA file for verify-full. `names` are the two settings
+    /// as the writer knows them, for the message.
+    pub fn from_settings(
+        mode: Option<&str>,
+        ca_file: Option<&str>,
+        names: [&str; 2],
+    ) -> Result<BackendTls, String> {
+        let [mode_name, ca_name] = names;
+        let mode = match mode {
+            None => BackendTlsMode::default(),
+            Some(m) => BackendTlsMode::parse(m).ok_or_else(|| {
+                format!("{mode_name} \"{m}\" is not one of disable, prefer, require, verify-full")
+            })?,
+        };
+        let ca_file = ca_file.filter(|f| !f.is_empty()).map(str::to_owned);
+        if mode == BackendTlsMode::VerifyFull && ca_file.is_none() {
+            return Err(format!("{mode_name} verify-full needs {ca_name}"));
+        }
+        Ok(BackendTls { mode, ca_file })
+    }
+}
+
 /// Why TLS to a backend could not be set up. No key material is ever in the text.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendTlsError {
@@ -107,11 +131,6 @@ impl BackendStream {
             BackendStream::Plain(s) => s,
             BackendStream::Tls(s) => s.get_ref().0,
         }
-    }
-
-    /// True when TLS protects the connection.
-    pub fn is_tls(&self) -> bool {
-        matches!(self, BackendStream::Tls(_))
     }
 }
 

@@ -46,8 +46,6 @@ pub struct Pools {
     servers: Mutex<HashMap<String, Arc<ServerBudget>>>,
     clients: Mutex<HashMap<String, Arc<TenantClients>>>,
     stats: Mutex<HashMap<String, Arc<TenantStats>>>,
-    /// Each tenant's PAUSE gate, made on first use; kept while the proxy runs (one flag each).
-    pauses: Mutex<HashMap<String, Arc<PauseGate>>>,
     /// PAUSE without a tenant: every client's transactions wait at it.
     proxy_pause: Arc<PauseGate>,
     next_id: AtomicU64,
@@ -106,13 +104,7 @@ impl Pools {
         limit: u32,
         kick: &Arc<KickSwitch>,
     ) -> Option<ClientSlot> {
-        let clients = {
-            let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-            match clients.get(tenant) {
-                Some(c) => c.clone(),
-                None => clients.entry(tenant.to_owned()).or_default().clone(),
-            }
-        };
+        let clients = self.tenant_clients(tenant);
         let admitted = clients
             .count
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -123,9 +115,19 @@ impl Pools {
             return None;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let _ = kick.tenant_pause.set(self.pause_gate(tenant));
+        let _ = kick.tenant_pause.set(clients.pause.clone());
         clients.members().insert(id, kick.clone());
         Some(ClientSlot { clients, id })
+    }
+
+    /// The client registry (and PAUSE gate) of `tenant`, made on first use and kept while the
+    /// proxy runs; the key is allocated only then.
+    fn tenant_clients(&self, tenant: &str) -> Arc<TenantClients> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(tenant) {
+            return c.clone();
+        }
+        clients.entry(tenant.to_owned()).or_default().clone()
     }
 
     /// The proxy-wide PAUSE gate, which every client's switch holds.
@@ -133,18 +135,10 @@ impl Pools {
         self.proxy_pause.clone()
     }
 
-    fn pause_gate(&self, tenant: &str) -> Arc<PauseGate> {
-        let mut pauses = self.pauses.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(gate) = pauses.get(tenant) {
-            return gate.clone();
-        }
-        pauses.entry(tenant.to_owned()).or_default().clone()
-    }
-
     /// Holds new transactions of `tenant` (of every tenant when `None`) from now on.
     pub fn pause(&self, tenant: Option<&str>) {
         match tenant {
-            Some(t) => self.pause_gate(t).pause(),
+            Some(t) => self.tenant_clients(t).pause.pause(),
             None => self.proxy_pause.pause(),
         }
     }
@@ -153,15 +147,12 @@ impl Pools {
     /// tenant's.
     pub fn resume(&self, tenant: Option<&str>) {
         match tenant {
-            Some(t) => self.pause_gate(t).resume(),
+            Some(t) => self.tenant_clients(t).pause.resume(),
             None => {
                 self.proxy_pause.resume();
-                let gates: Vec<Arc<PauseGate>> = {
-                    let pauses = self.pauses.lock().unwrap_or_else(|p| p.into_inner());
-                    pauses.values().cloned().collect()
-                };
-                for g in gates {
-                    g.resume();
+                let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+                for c in clients.values() {
+                    c.pause.resume();
                 }
             }
         }
@@ -172,8 +163,8 @@ impl Pools {
         if self.proxy_pause.is_paused() {
             return true;
         }
-        let pauses = self.pauses.lock().unwrap_or_else(|p| p.into_inner());
-        pauses.get(tenant).is_some_and(|g| g.is_paused())
+        let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients.get(tenant).is_some_and(|c| c.pause.is_paused())
     }
 
     /// Clients of `tenant` (of every tenant when `None`) inside a transaction now. PAUSE asks
@@ -242,10 +233,7 @@ impl Pools {
     /// Registers an admin console session, so that SHOW CLIENTS lists it and a shutdown drain
     /// closes it; it counts against no tenant.
     pub fn admit_console(&self, kick: &Arc<KickSwitch>) -> ClientSlot {
-        let clients = {
-            let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-            clients.entry(CONSOLE_KEY.to_owned()).or_default().clone()
-        };
+        let clients = self.tenant_clients(CONSOLE_KEY);
         clients.count.fetch_add(1, Ordering::AcqRel);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         clients.members().insert(id, kick.clone());
@@ -409,6 +397,8 @@ pub struct PoolRow {
 struct TenantClients {
     count: AtomicU32,
     members: Mutex<HashMap<u64, Arc<KickSwitch>>>,
+    /// The tenant's PAUSE gate; each admitted client's switch holds it.
+    pause: Arc<PauseGate>,
 }
 
 impl TenantClients {
@@ -517,17 +507,13 @@ impl KickSwitch {
         self.busy.load(Ordering::SeqCst)
     }
 
-    /// Resolves true once no PAUSE holds this client, false after `limit`; owns what it needs,
-    /// so a relay can keep it across polls.
-    pub fn until_resumed(
-        &self,
-        limit: Duration,
-    ) -> impl std::future::Future<Output = bool> + Send + use<> {
-        pause::wait_open(
+    /// Resolves true once no PAUSE holds this client, false after `limit`.
+    pub fn until_resumed(&self, limit: Duration) -> pause::Hold {
+        Box::pin(pause::wait_open(
             self.proxy_pause.clone(),
             self.tenant_pause.get().cloned(),
             limit,
-        )
+        ))
     }
 
     /// Records the user the client logged in as.

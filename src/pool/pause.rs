@@ -2,6 +2,8 @@
 //! ones already running finish. One gate per tenant and one for the whole proxy; a client looks
 //! at both when a transaction starts, which costs two atomic loads.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -34,6 +36,10 @@ impl PauseGate {
         self.resumed.notify_waiters();
     }
 }
+
+/// A transaction held at a PAUSE, as a relay keeps it across polls: true once resumed, false
+/// when the client waited too long.
+pub type Hold = Pin<Box<dyn Future<Output = bool> + Send>>;
 
 /// Waits until neither gate is paused (true) or `limit` passes (false).
 pub async fn wait_open(

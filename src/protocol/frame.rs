@@ -13,9 +13,17 @@ pub struct Frame<'a> {
     pub len: u32,
     /// ReadyForQuery's status byte; zero for every other tag.
     pub status: u8,
-    /// As much of the body as this buffer holds (all of a small message, as a rule): enough to
-    /// read an ErrorResponse's SQLSTATE without decoding anything else.
-    pub body: &'a [u8],
+    /// The buffer from this frame's header on (nothing is computed from it unless asked).
+    from_header: &'a [u8],
+}
+
+impl<'a> Frame<'a> {
+    /// As much of the body as the scanned buffer holds (all of a small message, as a rule):
+    /// enough to read an ErrorResponse's SQLSTATE without decoding anything else.
+    pub fn body(&self) -> &'a [u8] {
+        let end = self.from_header.len().min(self.len as usize + 1);
+        self.from_header.get(5..end).unwrap_or_default()
+    }
 }
 
 /// A length word the scanner refuses.
@@ -103,12 +111,11 @@ impl FrameScanner {
             } else {
                 0
             };
-            let body = &rest[5..rest.len().min(len as usize + 1)];
             if on_frame(Frame {
                 tag,
                 len,
                 status,
-                body,
+                from_header: rest,
             })
             .is_break()
             {

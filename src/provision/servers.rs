@@ -75,17 +75,12 @@ pub async fn add(catalog: &Client, s: &NewServer) -> Result<()> {
             "--max-connections must be positive".into(),
         ));
     }
-    let mode = crate::pool::backend_tls::BackendTlsMode::parse(&s.tls_mode).ok_or_else(|| {
-        ProvisionError::Invalid(format!(
-            "--tls-mode \"{}\" is not one of disable, prefer, require, verify-full",
-            s.tls_mode
-        ))
-    })?;
-    if mode == crate::pool::backend_tls::BackendTlsMode::VerifyFull && s.tls_ca_file.is_none() {
-        return Err(ProvisionError::Invalid(
-            "--tls-mode verify-full needs --tls-ca-file".into(),
-        ));
-    }
+    crate::pool::backend_tls::BackendTls::from_settings(
+        Some(&s.tls_mode),
+        s.tls_ca_file.as_deref(),
+        ["--tls-mode", "--tls-ca-file"],
+    )
+    .map_err(ProvisionError::Invalid)?;
     let inserted = catalog
         .execute(
             "INSERT INTO pgtenant.servers (name, host, port, backend_user, backend_password, max_connections,

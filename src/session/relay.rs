@@ -49,9 +49,6 @@ pub enum RelayEnd {
     PausedTooLong(Duration),
 }
 
-/// A transaction held by PAUSE: true once resumed, false when the client waited too long.
-type Hold = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
-
 /// One direction: bytes read from one side, waiting to be written to the other.
 /// `buf[start..ready]` holds whole-header-checked bytes to forward, `buf[ready..end]` a partial
 /// header waiting for the rest.
@@ -114,7 +111,7 @@ pub struct Relay {
     counts: SessionCounts,
     /// Longest a transaction waits at a PAUSE, and the wait in progress.
     pause_limit: Duration,
-    held: Option<Hold>,
+    held: Option<crate::pool::pause::Hold>,
 }
 
 impl Default for Relay {
@@ -209,7 +206,7 @@ impl Relay {
             Gate::Paused => {
                 // The held frame and what follows stay unscanned, so unsent, until RESUME.
                 if let Some(k) = kick {
-                    self.held = Some(Box::pin(k.until_resumed(self.pause_limit)));
+                    self.held = Some(k.until_resumed(self.pause_limit));
                 }
                 return Ok(());
             }
@@ -300,8 +297,7 @@ impl Relay {
                             if f.tag == b'E'
                                 && let Some((_, stats)) = accounting
                             {
-                                let (code, _) = crate::protocol::messages::error_fields(f.body);
-                                stats.record_error(code.unwrap_or(super::txn::UNKNOWN_SQLSTATE));
+                                stats.record_backend_error(f.body());
                             }
                             if f.tag == b'Z' {
                                 link.on_ready_for_query(f.status);

@@ -44,9 +44,6 @@ const MAX_BIND_NAMES: usize = 8 * 1024;
 /// Replies outstanding before the proxy stops reading a pipelining client.
 const MAX_EXPECTED: usize = 64 * 1024;
 
-/// Counted for an ErrorResponse without a code (no server sends one; a class of its own).
-pub(crate) const UNKNOWN_SQLSTATE: &str = "??";
-
 /// Reported parameters a client cannot set, so never replayed.
 const UNSETTABLE_PARAMETERS: &[&str] = &[
     "server_version",
@@ -146,9 +143,6 @@ enum ServerAction {
 /// A checkout in progress.
 type Checkout = Pin<Box<dyn Future<Output = Result<PooledConn, CheckoutError>> + Send>>;
 
-/// A transaction held by PAUSE: true once resumed, false when the client waited too long.
-type Hold = Pin<Box<dyn Future<Output = bool> + Send>>;
-
 /// Everything a transaction-mode client carries between transactions.
 pub struct TxnSession<'a> {
     pool: Arc<TenantPool>,
@@ -159,7 +153,7 @@ pub struct TxnSession<'a> {
     kick: &'a KickSwitch,
     /// Longest a transaction waits at a PAUSE.
     pause_limit: std::time::Duration,
-    held: Option<Hold>,
+    held: Option<crate::pool::pause::Hold>,
     /// Between begin_transaction and the end of that transaction.
     in_txn: bool,
     /// The tenant's usage counters, fed once per transaction from `counts`.
@@ -657,7 +651,7 @@ impl<'a> TxnSession<'a> {
             }
             Gate::Draining => Err(TxnEnd::Refused(ClientError::shutting_down())),
             Gate::Paused => {
-                self.held = Some(Box::pin(self.kick.until_resumed(self.pause_limit)));
+                self.held = Some(self.kick.until_resumed(self.pause_limit));
                 Ok(false)
             }
         }
@@ -1183,8 +1177,8 @@ impl<'a> TxnSession<'a> {
             b'E' => {
                 if front_owner != Some(Owner::Proxy) {
                     self.txn_failed = true;
-                    let (code, _) = messages::error_fields(&self.server_msg()[5..len + 1]);
-                    self.stats.record_error(code.unwrap_or(UNKNOWN_SQLSTATE));
+                    self.stats
+                        .record_backend_error(&self.server_msg()[5..len + 1]);
                 }
                 let action = own(front_owner);
                 if front_owner == Some(Owner::Proxy) && front_reply == Some(Reply::Query) {

@@ -179,6 +179,9 @@ pub struct TxnSession<'a> {
     txn_failed: bool,
     last_status: u8,
     pinned: Option<&'static str>,
+    /// The class of the Query at the front of `cin`, kept while it waits for a backend so the
+    /// text is classified once per query.
+    waiting_query: Option<Classified>,
     /// The backend is in copy-in mode (CopyInResponse seen, client's CopyDone/CopyFail not yet).
     copy_in: bool,
     skipping: bool,
@@ -228,6 +231,7 @@ impl<'a> TxnSession<'a> {
             txn_failed: false,
             last_status: b'I',
             pinned: None,
+            waiting_query: None,
             copy_in: false,
             skipping: false,
             poisoned: false,
@@ -316,45 +320,8 @@ impl<'a> TxnSession<'a> {
                     }
                 }
             }
-            if !waiting.server_write
-                && !self.sout.is_empty()
-                && let Some(conn) = self.backend.as_mut()
-            {
-                match Pin::new(&mut conn.conn().stream).poll_write(cx, &self.sout) {
-                    Poll::Pending => waiting.server_write = true,
-                    Poll::Ready(Ok(n)) if n > 0 => {
-                        self.sout.advance(n);
-                        progress = true;
-                    }
-                    Poll::Ready(_) => return Poll::Ready(self.server_gone()),
-                }
-            }
-            if !waiting.client_write && (!self.cout.is_empty() || self.sin_fwd > 0) {
-                // The proxy's own bytes first, then the approved backend bytes in place.
-                let from_cout = !self.cout.is_empty();
-                let out = if from_cout {
-                    &self.cout[..]
-                } else {
-                    &self.sin[..self.sin_fwd]
-                };
-                match Pin::new(&mut *client).poll_write(cx, out) {
-                    Poll::Pending => waiting.client_write = true,
-                    Poll::Ready(Ok(n)) if n > 0 => {
-                        if from_cout {
-                            self.cout.advance(n);
-                        } else {
-                            self.sin.advance(n);
-                            self.sin_fwd -= n;
-                        }
-                        progress = true;
-                    }
-                    Poll::Ready(_) => return Poll::Ready(TxnEnd::ClientLeft),
-                }
-            }
-            if self.client_done && self.cout.is_empty() && self.sin_fwd == 0 && self.sout.is_empty()
-            {
-                return Poll::Ready(TxnEnd::ClientLeft);
-            }
+            // Each direction in turn: read, handle, and pass on at once, so one pass carries a
+            // request to the backend or a reply to the client.
             if !self.client_done
                 && !waiting.client_read
                 && self.cin.len() < HIGH_WATER
@@ -376,6 +343,29 @@ impl<'a> TxnSession<'a> {
                 Ok(moved) => progress |= moved,
                 Err(end) => return Poll::Ready(end),
             }
+            if !waiting.server_write
+                && !self.sout.is_empty()
+                && let Some(conn) = self.backend.as_mut()
+            {
+                let was_full = self.sout.len() >= HIGH_WATER;
+                loop {
+                    match Pin::new(&mut conn.conn().stream).poll_write(cx, &self.sout) {
+                        Poll::Pending => {
+                            waiting.server_write = true;
+                            break;
+                        }
+                        Poll::Ready(Ok(n)) if n > 0 => {
+                            self.sout.advance(n);
+                            if self.sout.is_empty() {
+                                break;
+                            }
+                        }
+                        Poll::Ready(_) => return Poll::Ready(self.server_gone()),
+                    }
+                }
+                // Room again for what the client sends.
+                progress |= was_full && self.sout.len() < HIGH_WATER;
+            }
             if !waiting.server_read
                 && self.cout.len() + self.sin_fwd < HIGH_WATER
                 && let Some(conn) = self.backend.as_mut()
@@ -394,6 +384,42 @@ impl<'a> TxnSession<'a> {
             match self.process_server() {
                 Ok(moved) => progress |= moved,
                 Err(end) => return Poll::Ready(end),
+            }
+            if !waiting.client_write && (!self.cout.is_empty() || self.sin_fwd > 0) {
+                let was_full = self.cout.len() + self.sin_fwd >= HIGH_WATER;
+                loop {
+                    // The proxy's own bytes first, then the approved backend bytes in place.
+                    let from_cout = !self.cout.is_empty();
+                    let out = if from_cout {
+                        &self.cout[..]
+                    } else {
+                        &self.sin[..self.sin_fwd]
+                    };
+                    match Pin::new(&mut *client).poll_write(cx, out) {
+                        Poll::Pending => {
+                            waiting.client_write = true;
+                            break;
+                        }
+                        Poll::Ready(Ok(n)) if n > 0 => {
+                            if from_cout {
+                                self.cout.advance(n);
+                            } else {
+                                self.sin.advance(n);
+                                self.sin_fwd -= n;
+                            }
+                            if self.cout.is_empty() && self.sin_fwd == 0 {
+                                break;
+                            }
+                        }
+                        Poll::Ready(_) => return Poll::Ready(TxnEnd::ClientLeft),
+                    }
+                }
+                // Room again for what the backend sends.
+                progress |= was_full && self.cout.len() + self.sin_fwd < HIGH_WATER;
+            }
+            if self.client_done && self.cout.is_empty() && self.sin_fwd == 0 && self.sout.is_empty()
+            {
+                return Poll::Ready(TxnEnd::ClientLeft);
             }
             if self.release_if_done() {
                 progress = true;
@@ -891,7 +917,7 @@ impl<'a> TxnSession<'a> {
         // message anyway.
         let body = &msg[5..];
         let sql = body.strip_suffix(&[0]).unwrap_or(body);
-        let class = classify(sql);
+        let class = self.waiting_query.take().unwrap_or_else(|| classify(sql));
         // DEALLOCATE of a protocol-level statement is the proxy's to answer.
         if let Classified::Deallocate(target) = &class
             && self.pinned.is_none()
@@ -915,6 +941,7 @@ impl<'a> TxnSession<'a> {
             }
         }
         if self.backend.is_none() {
+            self.waiting_query = Some(class);
             return Step::NeedBackend;
         }
         if self.watch_statement(sql, class, false) {

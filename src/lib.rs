@@ -37,6 +37,7 @@
 //! - [`provision`]: the tenant lifecycle: servers, tenants in three isolation modes, logins,
 //!   tenant migrations, all as catalog rows.
 //! - [`cli`]: the command-line surface of the `pgtenant` binary.
+//! - [`logging`]: the log subscriber and the plain-text line format.
 
 #![deny(
     clippy::unwrap_used,
@@ -53,6 +54,7 @@ pub mod config;
 pub mod error;
 pub mod handshake;
 pub mod localpg;
+pub mod logging;
 pub mod metrics;
 pub mod pool;
 pub mod protocol;

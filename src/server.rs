@@ -242,7 +242,9 @@ async fn accept_loop(
                     let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
                     let span = tracing::info_span!("client", id, %peer, tenant = tracing::field::Empty, user = tracing::field::Empty);
                     let kick = Arc::new(KickSwitch::new(id, peer, shared.draining.clone(), shared.pools.proxy_pause()));
-                    let task = handle_client(shared, socket, cfg.clone(), span, kick.clone());
+                    // Boxed: the task's cell then moves a pointer, not the connection's whole
+                    // state (kilobytes), each time tokio stores or drops it.
+                    let task = Box::pin(handle_client(shared, socket, cfg.clone(), span, kick.clone()));
                     kick.arm(clients.spawn(task));
                 }
                 Err(e) => {

@@ -93,7 +93,7 @@ pub fn main() -> ExitCode {
     let (cli, workers) = match cli.command {
         Command::Serve { config } => match Config::load(&config) {
             Ok(loaded) => {
-                init_logging(loaded.proxy.log_format);
+                crate::logging::init(loaded.proxy.log_format);
                 let workers = loaded.proxy.worker_threads;
                 (
                     Cli {
@@ -108,7 +108,7 @@ pub fn main() -> ExitCode {
             }
         },
         command => {
-            init_logging(LogFormat::Text);
+            crate::logging::init(LogFormat::Text);
             (Cli { command }, None)
         }
     };
@@ -136,22 +136,6 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PGTENANT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        // Colour only on a terminal: escape codes in log files are noise, and cost time per line.
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
-        // The connection span's fields (id, peer, tenant, user) go with every line.
-        LogFormat::Json => builder.json().with_current_span(true).try_init(),
-    };
 }
 
 async fn run(cli: Cli, loaded: Option<Config>) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@ pub mod cancel;
 pub mod params;
 pub mod prepared;
 pub mod relay;
+pub mod spare;
 pub mod state;
 pub mod tracking;
 pub mod txn;

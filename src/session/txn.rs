@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use super::cancel::CancelKey;
 use super::prepared::{self, ClientStatements, MAX_STATEMENTS_PER_CLIENT, Statement};
 use super::relay::Waiting;
+use super::spare;
 use super::tracking::{Classified, Settings, classify, statements};
 use crate::config::SessionStatePolicy;
 use crate::error::ClientError;
@@ -189,6 +190,14 @@ pub struct TxnSession<'a> {
     client_done: bool,
 }
 
+impl Drop for TxnSession<'_> {
+    fn drop(&mut self) {
+        for buf in [&mut self.cin, &mut self.sout, &mut self.sin, &mut self.cout] {
+            spare::give(std::mem::take(buf));
+        }
+    }
+}
+
 impl<'a> TxnSession<'a> {
     /// A session whose client already logged in with `settings`; `early` holds whatever the
     /// client sent after its login.
@@ -217,10 +226,10 @@ impl<'a> TxnSession<'a> {
             backend: None,
             acquiring: None,
             cin: early,
-            sout: BytesMut::with_capacity(READ_CHUNK),
-            sin: BytesMut::with_capacity(READ_CHUNK),
+            sout: spare::take(READ_CHUNK),
+            sin: spare::take(READ_CHUNK),
             sin_fwd: 0,
-            cout: BytesMut::with_capacity(READ_CHUNK),
+            cout: spare::take(READ_CHUNK),
             client_stream_left: 0,
             server_stream_left: 0,
             server_stream_forward: true,

@@ -1,0 +1,237 @@
+//! Log output: the subscriber set up from `log_format` and `PGTENANT_LOG`, and the plain-text
+//! line format written when stderr is not a terminal.
+//!
+//! The plain lines read exactly like tracing-subscriber's default ("full") format without
+//! colour, but are written directly: with a line at login and one at logout, the default
+//! formatter's calendar arithmetic and styling machinery were the largest part of what a new
+//! connection cost the proxy.
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::config::LogFormat;
+
+/// Installs the process's log subscriber (once; later calls do nothing).
+pub fn init(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGTENANT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        // Colour only on a terminal: escape codes in log files are noise.
+        LogFormat::Text if std::io::IsTerminal::is_terminal(&std::io::stderr()) => {
+            builder.try_init()
+        }
+        LogFormat::Text => builder.with_ansi(false).event_format(PlainLine).try_init(),
+        // The connection span's fields (id, peer, tenant, user) go with every line.
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+    };
+}
+
+/// `2026-12-01T17:52:45.465983Z  INFO client{id=2 peer=…}: pgtenant::session: message k=v`
+pub struct PlainLine;
+
+impl<S, N> FormatEvent<S, N> for PlainLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        writer.write_str(timestamp(now.as_secs(), now.subsec_micros()).as_str())?;
+        writer.write_str(level(meta.level()))?;
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                writer.write_str(span.name())?;
+                if let Some(fields) = span.extensions().get::<FormattedFields<N>>()
+                    && !fields.is_empty()
+                {
+                    writer.write_char('{')?;
+                    writer.write_str(fields)?;
+                    writer.write_char('}')?;
+                }
+                writer.write_char(':')?;
+            }
+            writer.write_char(' ')?;
+        }
+        writer.write_str(meta.target())?;
+        writer.write_str(": ")?;
+        ctx.format_fields(writer.by_ref(), event)?;
+        writer.write_char('\n')
+    }
+}
+
+fn level(level: &Level) -> &'static str {
+    match *level {
+        Level::TRACE => " TRACE ",
+        Level::DEBUG => " DEBUG ",
+        Level::INFO => "  INFO ",
+        Level::WARN => "  WARN ",
+        Level::ERROR => " ERROR ",
+    }
+}
+
+/// RFC 3339 UTC time with microseconds, as `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+struct Timestamp([u8; 27]);
+
+impl Timestamp {
+    fn as_str(&self) -> &str {
+        // Only ASCII digits and punctuation are ever written.
+        std::str::from_utf8(&self.0).unwrap_or("<unknown time>")
+    }
+}
+
+fn timestamp(unix_secs: u64, micros: u32) -> Timestamp {
+    let (year, month, day) = civil_from_days((unix_secs / 86_400) as i64);
+    let secs_of_day = unix_secs % 86_400;
+    let mut out = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |at: usize, width: usize, mut value: u64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, year.clamp(0, 9999) as u64);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, secs_of_day / 3600);
+    put(14, 2, secs_of_day / 60 % 60);
+    put(17, 2, secs_of_day % 60);
+    put(20, 6, u64::from(micros.min(999_999)));
+    Timestamp(out)
+}
+
+/// The proleptic Gregorian date of a day counted from 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`: eras of 400 years, years starting in March so leap days come last).
+fn civil_from_days(days: i64) -> (i64, u64, u64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month as u64, day as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_microseconds() {
+        for (secs, micros, expected) in [
+            (0, 0, "1970-01-01T00:00:00.000000Z"),
+            (951_782_400, 7, "2000-02-29T00:00:00.000007Z"),
+            (951_868_799, 999_999, "2000-02-29T23:59:59.999999Z"),
+            (4_107_542_400, 0, "2100-03-01T00:00:00.000000Z"),
+            (1_796_146_365, 465_983, "2026-12-01T17:32:45.465983Z"),
+        ] {
+            assert_eq!(timestamp(secs, micros).as_str(), expected);
+        }
+    }
+
+    #[test]
+    fn every_day_follows_the_one_before() {
+        let mut last = civil_from_days(-1);
+        for days in 0..200_000 {
+            let next = civil_from_days(days);
+            let (y, m, d) = last;
+            let expected = if next.2 == 1 {
+                if m == 12 {
+                    (y + 1, 1, 1)
+                } else {
+                    (y, m + 1, 1)
+                }
+            } else {
+                (y, m, d + 1)
+            };
+            assert_eq!(next, expected, "day {days}");
+            assert!(d <= 31);
+            last = next;
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log capture").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn lines(plain: bool) -> String {
+        let out = Captured::default();
+        let sink = out.clone();
+        let builder = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(Level::TRACE)
+            .with_writer(move || sink.clone());
+        let emit = || {
+            let span = tracing::info_span!("client", id = 7, peer = %"127.0.0.1:5000", tenant = tracing::field::Empty);
+            span.record("tenant", "acme \"co\"");
+            let _g = span.enter();
+            let inner = tracing::info_span!("checkout");
+            let _h = inner.enter();
+            tracing::warn!(waited_ms = 12, reason = ?"full", "pool \"busy\"");
+            tracing::error!("no fields");
+            drop(_h);
+            drop(_g);
+            tracing::info!(target: "pgtenant::server", end = "ClientLeft", "outside any span");
+            tracing::trace!("t");
+            tracing::debug!("d");
+        };
+        if plain {
+            tracing::subscriber::with_default(builder.event_format(PlainLine).finish(), emit);
+        } else {
+            tracing::subscriber::with_default(builder.finish(), emit);
+        }
+        let bytes = out.0.lock().expect("log capture").clone();
+        let text = String::from_utf8(bytes).expect("log lines are UTF-8");
+        // Timestamps differ between the two runs.
+        text.lines()
+            .map(|l| &l[27..])
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn plain_lines_match_the_default_format_without_colour() {
+        let ours = lines(true);
+        assert_eq!(ours, lines(false));
+        assert!(
+            ours.contains(
+                "  WARN client{id=7 peer=127.0.0.1:5000 tenant=\"acme \\\"co\\\"\"}:checkout: "
+            ),
+            "{ours}"
+        );
+        assert_eq!(ours.lines().count(), 5);
+    }
+}

@@ -7,6 +7,7 @@
 #   bash benches/compare.sh                      # 3 runs of 15 s per row, medians
 #   DURATION=30 REPEAT=5 CLIENTS=16 bash benches/compare.sh
 #   ROWS="txn-simple connect" bash benches/compare.sh   # a subset of rows
+#   PGTENANT_BIN=/tmp/pgtenant-before bash benches/compare.sh   # another build (A/B runs)
 #
 # Installs pgbouncer with apt-get when missing; builds pgtenant in release mode.
 set -euo pipefail
@@ -23,7 +24,8 @@ POOL=$((CLIENTS + 4))
 if ! command -v pgbouncer >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
 fi
-cargo build --release --quiet
+BIN=${PGTENANT_BIN:-target/release/pgtenant}
+[ -n "${PGTENANT_BIN:-}" ] || cargo build --release --quiet
 
 source benches/bench-cluster.sh
 start_bench_cluster bench "$SCALE" -c max_connections=200 -c shared_buffers=256MB
@@ -51,7 +53,7 @@ echo "\"bench\" \"$VERIFIER\"" > "$work/userlist.txt"
 as_pg pgbouncer -q "$work/pgbouncer.ini" >/dev/null 2>&1 &
 pids+=($!)
 
-write_pgtenant_config target/release/pgtenant "$TENANT_PORT" "[proxy]
+write_pgtenant_config "$BIN" "$TENANT_PORT" "[proxy]
 worker_threads = ${WORKERS:-1}
 log_connections = ${LOG_CONNECTIONS:-true}
 [pool]
@@ -66,11 +68,11 @@ pool_mode = "transaction"
 name = "bench"
 password_hash = "$VERIFIER"
 TOML
-PGTENANT_LOG=${PGTENANT_LOG:-info} target/release/pgtenant serve --config "$work/pgtenant.toml" >"$work/pgtenant.log" 2>&1 &
+PGTENANT_LOG=${PGTENANT_LOG:-info} "$BIN" serve --config "$work/pgtenant.toml" >"$work/pgtenant.log" 2>&1 &
 pids+=($!)
 sleep 1
 BOUNCER_PID=$(pgrep -f "^pgbouncer .*$work/pgbouncer.ini" | head -1)
-TENANT_PID=$(pgrep -f "pgtenant serve --config $work/pgtenant.toml" | head -1)
+TENANT_PID=$(pgrep -f "serve --config $work/pgtenant.toml" | head -1)
 pids+=("$BOUNCER_PID")
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

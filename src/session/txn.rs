@@ -1036,15 +1036,15 @@ impl<'a> TxnSession<'a> {
         match stmt {
             None => {
                 // Unnamed, or unknown to the proxy: the backend answers as it would.
-                let chunk = self.cin.split_to(avail);
-                self.sout.put_slice(&chunk);
+                self.sout.put_slice(&self.cin[..avail]);
+                self.cin.advance(avail);
                 self.client_stream_left = len + 1 - avail;
             }
             Some(stmt) => {
                 if !self.on_backend(&stmt) {
                     self.prepare_on_backend(&stmt, Owner::Proxy, None);
                 }
-                let head = self.cin.split_to(avail);
+                let head = &self.cin[..avail];
                 let rest_total = len + 1 - names_end;
                 let portal = &head[5..5 + portal_len];
                 self.sout.put_u8(b'B');
@@ -1056,6 +1056,7 @@ impl<'a> TxnSession<'a> {
                 self.sout.put_slice(stmt.backend_name.as_bytes());
                 self.sout.put_u8(0);
                 self.sout.put_slice(&head[names_end..]);
+                self.cin.advance(avail);
                 self.client_stream_left = len + 1 - avail;
             }
         }

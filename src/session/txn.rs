@@ -35,6 +35,8 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// Unwritten output beyond which the side producing it is not read.
 const HIGH_WATER: usize = 64 * 1024;
+/// Longest statement text remembered as plain (see `TxnSession::classify`).
+const MAX_REMEMBERED_SQL: usize = 4096;
 
 /// Largest backend message the proxy reads whole (ParameterStatus, CommandComplete, ...).
 const MAX_DECODED_SERVER_MESSAGE: usize = 1 << 20;
@@ -183,6 +185,9 @@ pub struct TxnSession<'a> {
     /// The class of the Query at the front of `cin`, kept while it waits for a backend so the
     /// text is classified once per query.
     waiting_query: Option<Classified>,
+    /// The last statement text classified as plain: drivers send the same text in an unnamed
+    /// Parse for every execution, and a comparison is cheaper than classifying it again.
+    plain_sql: Vec<u8>,
     /// The backend is in copy-in mode (CopyInResponse seen, client's CopyDone/CopyFail not yet).
     copy_in: bool,
     skipping: bool,
@@ -241,6 +246,7 @@ impl<'a> TxnSession<'a> {
             last_status: b'I',
             pinned: None,
             waiting_query: None,
+            plain_sql: Vec::new(),
             copy_in: false,
             skipping: false,
             poisoned: false,
@@ -782,7 +788,8 @@ impl<'a> TxnSession<'a> {
         if self.backend.is_none() {
             return Ok(Step::NeedBackend);
         }
-        if self.watch_statement(sql, classify(sql), true) {
+        let class = self.classify(sql);
+        if self.watch_statement(sql, class, true) {
             return Ok(Step::Done);
         }
         if name.is_empty() {
@@ -845,6 +852,20 @@ impl<'a> TxnSession<'a> {
                 stmt: stmt.clone(),
             }),
         });
+    }
+
+    /// What the statement text means for pooling; the same text as the last plain one is
+    /// plain without another look.
+    fn classify(&mut self, sql: &[u8]) -> Classified {
+        if !self.plain_sql.is_empty() && self.plain_sql == sql {
+            return Classified::Plain;
+        }
+        let class = classify(sql);
+        if class == Classified::Plain && sql.len() <= MAX_REMEMBERED_SQL {
+            self.plain_sql.clear();
+            self.plain_sql.extend_from_slice(sql);
+        }
+        class
     }
 
     /// Looks at the SQL of a Query or Parse (classified as `class`) for session state. True
@@ -926,7 +947,10 @@ impl<'a> TxnSession<'a> {
         // message anyway.
         let body = &msg[5..];
         let sql = body.strip_suffix(&[0]).unwrap_or(body);
-        let class = self.waiting_query.take().unwrap_or_else(|| classify(sql));
+        let class = match self.waiting_query.take() {
+            Some(class) => class,
+            None => self.classify(sql),
+        };
         // DEALLOCATE of a protocol-level statement is the proxy's to answer.
         if let Classified::Deallocate(target) = &class
             && self.pinned.is_none()

@@ -267,6 +267,54 @@ async fn settings_follow_each_client_onto_a_shared_connection() {
     proxy.shutdown().await;
 }
 
+/// Runs `sql` as an unnamed statement (Parse, Bind, Execute with no name).
+async fn typed(c: &tokio_postgres::Client, sql: &str) -> Vec<tokio_postgres::Row> {
+    c.query_typed(sql, &[]).await.expect(sql)
+}
+
+/// Unnamed statements (one Parse per execution, as many drivers send them): a text seen before
+/// is known to be plain without another look, and a different text is still looked at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unnamed_statements_are_tracked_after_repeated_plain_ones() {
+    let (proxy, slug) = txn_proxy("", "pool_size = 2").await;
+    let addr = proxy.addrs[0];
+    let a = connect(addr, "app", &slug).await.expect("a");
+    let b = connect(addr, "app", &slug).await.expect("b");
+    for _ in 0..3 {
+        typed(&a, "SELECT 1").await;
+    }
+    // work_mem is not reported back by the server: only the statement says it changed.
+    typed(&a, "SET work_mem = '7MB'").await;
+    typed(&a, "SELECT 1").await;
+    let mut pids = std::collections::HashSet::new();
+    for _ in 0..2 {
+        for b_holds_one in [true, false] {
+            // While b is in a transaction, a must take the other connection.
+            if b_holds_one {
+                b.batch_execute("BEGIN").await.expect("b begins");
+            }
+            let rows = typed(&a, "SELECT current_setting('work_mem')").await;
+            assert_eq!(rows[0].get::<_, String>(0), "7MB");
+            pids.insert(backend_pid(&a).await);
+            if b_holds_one {
+                b.batch_execute("COMMIT").await.expect("b commits");
+            }
+        }
+    }
+    assert_eq!(pids.len(), 2, "a ran on both connections");
+    // After the same plain text, a statement that pins still pins.
+    typed(&a, "SELECT 1").await;
+    typed(&a, "CREATE TEMP TABLE t_unnamed (x int)").await;
+    let pid = backend_pid(&a).await;
+    for _ in 0..2 {
+        b.batch_execute("BEGIN").await.expect("b begins");
+        typed(&a, "SELECT * FROM t_unnamed").await;
+        assert_eq!(backend_pid(&a).await, pid, "pinned to its connection");
+        b.batch_execute("COMMIT").await.expect("b commits");
+    }
+    proxy.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_that_cannot_follow_pins_the_client() {
     let (proxy, slug) = txn_proxy("", "pool_size = 2").await;

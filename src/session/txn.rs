@@ -35,7 +35,7 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// Unwritten output beyond which the side producing it is not read.
 const HIGH_WATER: usize = 64 * 1024;
-/// Longest statement text remembered as plain (see `TxnSession::classify`).
+/// Longest statement text remembered as plain (see `TxnSession::classify_parse`).
 const MAX_REMEMBERED_SQL: usize = 4096;
 
 /// Largest backend message the proxy reads whole (ParameterStatus, CommandComplete, ...).
@@ -185,8 +185,8 @@ pub struct TxnSession<'a> {
     /// The class of the Query at the front of `cin`, kept while it waits for a backend so the
     /// text is classified once per query.
     waiting_query: Option<Classified>,
-    /// The last statement text classified as plain: drivers send the same text in an unnamed
-    /// Parse for every execution, and a comparison is cheaper than classifying it again.
+    /// The last Parse text classified as plain: drivers send the same text in an unnamed Parse
+    /// for every execution, and a comparison is cheaper than classifying it again.
     plain_sql: Vec<u8>,
     /// The backend is in copy-in mode (CopyInResponse seen, client's CopyDone/CopyFail not yet).
     copy_in: bool,
@@ -788,7 +788,7 @@ impl<'a> TxnSession<'a> {
         if self.backend.is_none() {
             return Ok(Step::NeedBackend);
         }
-        let class = self.classify(sql);
+        let class = self.classify_parse(sql);
         if self.watch_statement(sql, class, true) {
             return Ok(Step::Done);
         }
@@ -854,9 +854,10 @@ impl<'a> TxnSession<'a> {
         });
     }
 
-    /// What the statement text means for pooling; the same text as the last plain one is
-    /// plain without another look.
-    fn classify(&mut self, sql: &[u8]) -> Classified {
+    /// What a Parse's statement text means for pooling; the same text as the last plain one is
+    /// plain without another look. (Query texts carry their literals and seldom repeat: there
+    /// the comparison and copy would cost more than they save.)
+    fn classify_parse(&mut self, sql: &[u8]) -> Classified {
         if !self.plain_sql.is_empty() && self.plain_sql == sql {
             return Classified::Plain;
         }
@@ -947,10 +948,7 @@ impl<'a> TxnSession<'a> {
         // message anyway.
         let body = &msg[5..];
         let sql = body.strip_suffix(&[0]).unwrap_or(body);
-        let class = match self.waiting_query.take() {
-            Some(class) => class,
-            None => self.classify(sql),
-        };
+        let class = self.waiting_query.take().unwrap_or_else(|| classify(sql));
         // DEALLOCATE of a protocol-level statement is the proxy's to answer.
         if let Classified::Deallocate(target) = &class
             && self.pinned.is_none()

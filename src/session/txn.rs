@@ -400,6 +400,14 @@ impl<'a> TxnSession<'a> {
                 Ok(moved) => progress |= moved,
                 Err(end) => return Poll::Ready(end),
             }
+            // The connection goes back (and the transaction is counted) before the client hears
+            // the transaction ended.
+            if self.release_if_done() {
+                progress = true;
+                // A released connection's pending wake-ups no longer matter.
+                waiting.server_read = false;
+                waiting.server_write = false;
+            }
             if !waiting.client_write && (!self.cout.is_empty() || self.sin_fwd > 0) {
                 let was_full = self.cout.len() + self.sin_fwd >= HIGH_WATER;
                 loop {
@@ -435,12 +443,6 @@ impl<'a> TxnSession<'a> {
             if self.client_done && self.cout.is_empty() && self.sin_fwd == 0 && self.sout.is_empty()
             {
                 return Poll::Ready(TxnEnd::ClientLeft);
-            }
-            if self.release_if_done() {
-                progress = true;
-                // A released connection's pending wake-ups no longer matter.
-                waiting.server_read = false;
-                waiting.server_write = false;
             }
             if !progress {
                 return Poll::Pending;

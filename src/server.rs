@@ -21,6 +21,7 @@ use crate::handshake::{self, Handshake, HandshakeError};
 use crate::pool::{KickSwitch, Pools};
 use crate::protocol::messages;
 use crate::session::cancel::CancelRegistry;
+use crate::session::sockio::RelayIo;
 use crate::session::{self, SessionEnd, StartupRequest};
 use crate::tenant::catalog::Catalog;
 use crate::tls::ListenerTls;
@@ -426,7 +427,7 @@ struct Login<'a> {
 
 impl Login<'_> {
     /// Serves the session (or cancel) the handshake asked for, over plain TCP or TLS.
-    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    async fn serve<S: AsyncRead + AsyncWrite + RelayIo + Unpin>(
         self,
         stream: &mut S,
         hs: Handshake,

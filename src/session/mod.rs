@@ -5,6 +5,7 @@ pub mod cancel;
 pub mod params;
 pub mod prepared;
 pub mod relay;
+pub mod sockio;
 pub mod spare;
 pub mod state;
 pub mod tracking;
@@ -28,6 +29,7 @@ use crate::server::Shared;
 use crate::tenant::resolve::{TlsServerName, resolve};
 use crate::tenant::{Tenant, TenantStatus};
 use relay::{Relay, RelayEnd};
+use sockio::RelayIo;
 use state::LinkState;
 use tracking::Settings;
 use txn::{TxnEnd, TxnSession};
@@ -77,7 +79,7 @@ struct Opened {
 /// Serves one client from its startup parameters to its disconnect. Login and release run inside
 /// `span`; the relay runs outside it, since entering a span on every wake-up costs about 6% of
 /// the relay's instructions (benches/instructions.sh).
-pub async fn serve<C: AsyncRead + AsyncWrite + Unpin>(
+pub async fn serve<C: AsyncRead + AsyncWrite + RelayIo + Unpin>(
     shared: &Shared,
     client: &mut C,
     req: StartupRequest,
@@ -105,7 +107,7 @@ pub async fn serve<C: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Transaction mode: the login's connection goes back at once, and each transaction takes one.
-async fn serve_transactions<C: AsyncRead + AsyncWrite + Unpin>(
+async fn serve_transactions<C: AsyncRead + AsyncWrite + RelayIo + Unpin>(
     shared: &Shared,
     client: &mut C,
     opened: Opened,

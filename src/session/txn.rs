@@ -17,11 +17,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::cancel::CancelKey;
 use super::prepared::{self, ClientStatements, MAX_STATEMENTS_PER_CLIENT, Statement};
 use super::relay::Waiting;
+use super::sockio::RelayIo;
 use super::spare;
 use super::tracking::{Classified, Settings, classify, statements};
 use crate::config::SessionStatePolicy;
@@ -43,6 +44,9 @@ const MAX_DECODED_SERVER_MESSAGE: usize = 1 << 20;
 
 /// Longest prefix of a Bind message searched for its two names.
 const MAX_BIND_NAMES: usize = 8 * 1024;
+
+/// Passes of the relay loop in one poll before the task lets others run.
+const MAX_PASSES_PER_POLL: u32 = 32;
 
 /// Replies outstanding before the proxy stops reading a pipelining client.
 const MAX_EXPECTED: usize = 64 * 1024;
@@ -255,7 +259,7 @@ impl<'a> TxnSession<'a> {
     }
 
     /// Serves the client until it leaves or the session must end.
-    pub async fn run<C: AsyncRead + AsyncWrite + Unpin>(&mut self, client: &mut C) -> TxnEnd {
+    pub async fn run<C: AsyncWrite + RelayIo + Unpin>(&mut self, client: &mut C) -> TxnEnd {
         let end = poll_fn(|cx| self.poll_session(cx, client)).await;
         // Whatever the backend said last (its FATAL) still reaches the client.
         self.spill_server();
@@ -289,12 +293,13 @@ impl<'a> TxnSession<'a> {
         }
     }
 
-    fn poll_session<C: AsyncRead + AsyncWrite + Unpin>(
+    fn poll_session<C: AsyncWrite + RelayIo + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
         client: &mut C,
     ) -> Poll<TxnEnd> {
         let mut waiting = Waiting::default();
+        let mut passes = 0;
         loop {
             let mut progress = false;
             if let Some(held) = self.held.as_mut()
@@ -364,7 +369,7 @@ impl<'a> TxnSession<'a> {
             {
                 let was_full = self.sout.len() >= HIGH_WATER;
                 loop {
-                    match Pin::new(&mut conn.conn().stream).poll_write(cx, &self.sout) {
+                    match conn.conn().stream.poll_send(cx, &self.sout) {
                         Poll::Pending => {
                             waiting.server_write = true;
                             break;
@@ -418,7 +423,7 @@ impl<'a> TxnSession<'a> {
                     } else {
                         &self.sin[..self.sin_fwd]
                     };
-                    match Pin::new(&mut *client).poll_write(cx, out) {
+                    match client.poll_send(cx, out) {
                         Poll::Pending => {
                             waiting.client_write = true;
                             break;
@@ -445,6 +450,13 @@ impl<'a> TxnSession<'a> {
                 return Poll::Ready(TxnEnd::ClientLeft);
             }
             if !progress {
+                return Poll::Pending;
+            }
+            // Plain sockets are read without tokio's cooperative budget: a client and backend
+            // that keep each other busy yield to the other tasks now and then.
+            passes += 1;
+            if passes == MAX_PASSES_PER_POLL {
+                cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
         }
@@ -1413,7 +1425,7 @@ fn refusal_sql(message: &str) -> String {
     )
 }
 
-fn read_some<R: AsyncRead + Unpin>(
+fn read_some<R: RelayIo>(
     cx: &mut Context<'_>,
     from: &mut R,
     into: &mut BytesMut,
@@ -1421,5 +1433,5 @@ fn read_some<R: AsyncRead + Unpin>(
     if into.capacity() - into.len() < READ_CHUNK / 4 {
         into.reserve(READ_CHUNK);
     }
-    tokio_util::io::poll_read_buf(Pin::new(from), cx, into)
+    from.poll_fill(cx, into)
 }

@@ -6,14 +6,14 @@
 
 use std::future::poll_fn;
 use std::ops::ControlFlow;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use super::sockio::RelayIo;
 use super::state::LinkState;
 use crate::pool::{Gate, KickSwitch};
 use crate::protocol::MAX_CLIENT_MESSAGE_LENGTH;
@@ -156,8 +156,8 @@ impl Relay {
         link: &mut LinkState,
     ) -> RelayEnd
     where
-        C: AsyncRead + AsyncWrite + Unpin,
-        S: AsyncRead + AsyncWrite + Unpin,
+        C: AsyncWrite + RelayIo + Unpin,
+        S: RelayIo,
     {
         // Bytes that arrived with the login have not been looked at yet.
         if let Err(end) = self.scan_client(link) {
@@ -230,12 +230,13 @@ impl Relay {
         link: &mut LinkState,
     ) -> Poll<RelayEnd>
     where
-        C: AsyncRead + AsyncWrite + Unpin,
-        S: AsyncRead + AsyncWrite + Unpin,
+        C: RelayIo,
+        S: RelayIo,
     {
         // Operations that returned Pending in this call have registered their wake-up; polling
         // them again before we return would only repeat that registration.
         let mut waiting = Waiting::default();
+        let mut passes = 0;
         loop {
             let mut progress = false;
             if let Some(held) = self.held.as_mut()
@@ -319,9 +320,20 @@ impl Relay {
             if !progress {
                 return Poll::Pending;
             }
+            // Plain sockets are read without tokio's cooperative budget: a client and backend
+            // that keep each other busy yield to the other tasks now and then.
+            passes += 1;
+            if passes == MAX_PASSES_PER_POLL {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
         }
     }
 }
+
+/// Passes of a relay loop (this one or the transaction-mode session's) in one poll before the
+/// task lets others run.
+pub(super) const MAX_PASSES_PER_POLL: u32 = 32;
 
 /// Which of the four socket operations are parked on a wake-up within one poll of a relay
 /// (this one or the transaction-mode session's): polling them again before returning would only
@@ -346,15 +358,11 @@ enum WriteOutcome {
 }
 
 /// Writes what `pipe` holds for `to`.
-fn write_pending<W: AsyncWrite + Unpin>(
-    cx: &mut Context<'_>,
-    to: &mut W,
-    pipe: &mut Pipe,
-) -> WriteOutcome {
+fn write_pending<W: RelayIo>(cx: &mut Context<'_>, to: &mut W, pipe: &mut Pipe) -> WriteOutcome {
     if pipe.pending().is_empty() {
         return WriteOutcome::Idle;
     }
-    match Pin::new(to).poll_write(cx, pipe.pending()) {
+    match to.poll_send(cx, pipe.pending()) {
         Poll::Pending => WriteOutcome::Blocked,
         Poll::Ready(Ok(n)) if n > 0 => {
             pipe.start += n;
@@ -375,20 +383,14 @@ enum ReadOutcome {
     Read(usize),
 }
 
-fn read_into<R: AsyncRead + Unpin>(
-    cx: &mut Context<'_>,
-    from: &mut R,
-    pipe: &mut Pipe,
-) -> ReadOutcome {
+fn read_into<R: RelayIo>(cx: &mut Context<'_>, from: &mut R, pipe: &mut Pipe) -> ReadOutcome {
     let space = pipe.space();
     if space.is_empty() {
         return ReadOutcome::Full;
     }
-    let mut rb = ReadBuf::new(space);
-    match Pin::new(from).poll_read(cx, &mut rb) {
+    match from.poll_read_into(cx, space) {
         Poll::Pending => ReadOutcome::Blocked,
-        Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
-            let n = rb.filled().len();
+        Poll::Ready(Ok(n)) if n > 0 => {
             pipe.end += n;
             ReadOutcome::Read(n)
         }

@@ -1,27 +1,30 @@
-//! Reads and writes for the transaction-mode relay. tokio's `poll_read` and `poll_write` pass
+//! Reads and writes for the relays. tokio's `poll_read` and `poll_write` pass
 //! through its readiness registration on every call (cooperative budget, the waiter lock, the
 //! waker check), even when the socket has data: about a tenth of the relay's instructions per
 //! transaction. A plain TCP socket is read and written here with one system call while tokio
 //! says it is ready, and the task's waker is registered only when it has nothing (or no room).
 //! TLS streams go through tokio's traits as before.
 
-use std::io;
+use std::io::{self, Read};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::BytesMut;
-use socket2::SockRef;
-use tokio::io::{AsyncRead, AsyncWrite, Interest};
+use socket2::{SockRef, Socket};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::pool::backend_tls::BackendStream;
 use crate::tls::TlsClient;
 
-/// A byte stream the relay reads into a buffer and writes from a slice.
+/// A byte stream the relays read and write.
 pub trait RelayIo {
     /// Appends what the peer sent to `into` (which has spare room): `Ok(0)` at the end of the
     /// stream, Pending (the task's waker registered) when nothing has come.
     fn poll_fill(&mut self, cx: &mut Context<'_>, into: &mut BytesMut) -> Poll<io::Result<usize>>;
+
+    /// [`RelayIo::poll_fill`] into a slice (the session relay's ring buffer).
+    fn poll_read_into(&mut self, cx: &mut Context<'_>, into: &mut [u8]) -> Poll<io::Result<usize>>;
 
     /// Writes some of `out`: how much, or Pending (waker registered) while there is no room.
     fn poll_send(&mut self, cx: &mut Context<'_>, out: &[u8]) -> Poll<io::Result<usize>>;
@@ -29,40 +32,18 @@ pub trait RelayIo {
 
 impl RelayIo for TcpStream {
     fn poll_fill(&mut self, cx: &mut Context<'_>, into: &mut BytesMut) -> Poll<io::Result<usize>> {
-        loop {
-            let start = into.len();
-            let spare = into.spare_capacity_mut();
-            let room = spare.len();
-            let mut drained = None;
-            let sock = SockRef::from(&*self);
-            // `try_io` notes tokio's readiness before the closure runs and clears exactly that
-            // readiness when the closure says WouldBlock, so an event the reactor records
-            // meanwhile is kept. A short read emptied the socket: it is reported as WouldBlock
-            // too, so the next call registers the waker instead of asking the kernel again (the
-            // rule tokio's own poll_read follows on epoll).
-            let got = self.try_io(Interest::READABLE, || {
-                let n = sock.recv(spare)?;
-                if n > 0 && n < room {
-                    drained = Some(n);
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                Ok(n)
-            });
-            let n = match (got, drained) {
-                (_, Some(n)) | (Ok(n), None) => n,
-                (Err(e), None) => match e.kind() {
-                    io::ErrorKind::WouldBlock => {
-                        ready!(self.poll_read_ready(cx))?;
-                        continue;
-                    }
-                    io::ErrorKind::Interrupted => continue,
-                    _ => return Poll::Ready(Err(e)),
-                },
-            };
-            // SAFETY: recv wrote the first `n` bytes of the spare capacity.
-            unsafe { into.set_len(start + n) };
-            return Poll::Ready(Ok(n));
-        }
+        let start = into.len();
+        let spare = into.spare_capacity_mut();
+        let room = spare.len();
+        let n = ready!(recv_when_ready(self, cx, room, |sock| sock.recv(spare)))?;
+        // SAFETY: recv wrote the first `n` bytes of the spare capacity.
+        unsafe { into.set_len(start + n) };
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_read_into(&mut self, cx: &mut Context<'_>, into: &mut [u8]) -> Poll<io::Result<usize>> {
+        let room = into.len();
+        recv_when_ready(self, cx, room, |mut sock| sock.read(into))
     }
 
     fn poll_send(&mut self, cx: &mut Context<'_>, out: &[u8]) -> Poll<io::Result<usize>> {
@@ -80,9 +61,51 @@ impl RelayIo for TcpStream {
     }
 }
 
+/// One `recv` (through `read`, into `room` bytes of space) while tokio says the socket is
+/// readable; otherwise the waker is registered.
+fn recv_when_ready(
+    stream: &TcpStream,
+    cx: &mut Context<'_>,
+    room: usize,
+    mut read: impl FnMut(&Socket) -> io::Result<usize>,
+) -> Poll<io::Result<usize>> {
+    loop {
+        let mut drained = None;
+        let sock = SockRef::from(stream);
+        // `try_io` notes tokio's readiness before the closure runs and clears exactly that
+        // readiness when the closure says WouldBlock, so an event the reactor records meanwhile
+        // is kept. A short read emptied the socket: it is reported as WouldBlock too, so the
+        // next call registers the waker instead of asking the kernel again (the rule tokio's own
+        // poll_read follows on epoll).
+        let got = stream.try_io(Interest::READABLE, || {
+            let n = read(&sock)?;
+            if n > 0 && n < room {
+                drained = Some(n);
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        return match (got, drained) {
+            (_, Some(n)) | (Ok(n), None) => Poll::Ready(Ok(n)),
+            (Err(e), None) => match e.kind() {
+                io::ErrorKind::WouldBlock => {
+                    ready!(stream.poll_read_ready(cx))?;
+                    continue;
+                }
+                io::ErrorKind::Interrupted => continue,
+                _ => Poll::Ready(Err(e)),
+            },
+        };
+    }
+}
+
 impl RelayIo for TlsClient {
     fn poll_fill(&mut self, cx: &mut Context<'_>, into: &mut BytesMut) -> Poll<io::Result<usize>> {
         fill_via_tokio(self, cx, into)
+    }
+
+    fn poll_read_into(&mut self, cx: &mut Context<'_>, into: &mut [u8]) -> Poll<io::Result<usize>> {
+        read_via_tokio(self, cx, into)
     }
 
     fn poll_send(&mut self, cx: &mut Context<'_>, out: &[u8]) -> Poll<io::Result<usize>> {
@@ -98,6 +121,13 @@ impl RelayIo for BackendStream {
         }
     }
 
+    fn poll_read_into(&mut self, cx: &mut Context<'_>, into: &mut [u8]) -> Poll<io::Result<usize>> {
+        match self {
+            BackendStream::Plain(s) => s.poll_read_into(cx, into),
+            BackendStream::Tls(_) => read_via_tokio(self, cx, into),
+        }
+    }
+
     fn poll_send(&mut self, cx: &mut Context<'_>, out: &[u8]) -> Poll<io::Result<usize>> {
         match self {
             BackendStream::Plain(s) => s.poll_send(cx, out),
@@ -106,13 +136,39 @@ impl RelayIo for BackendStream {
     }
 }
 
-/// Any other stream (TLS, test pipes): through tokio's traits.
-pub fn fill_via_tokio<R: AsyncRead + Unpin>(
+/// In-memory pipes stand in for sockets in the relays' unit tests.
+#[cfg(test)]
+impl RelayIo for tokio::io::DuplexStream {
+    fn poll_fill(&mut self, cx: &mut Context<'_>, into: &mut BytesMut) -> Poll<io::Result<usize>> {
+        fill_via_tokio(self, cx, into)
+    }
+
+    fn poll_read_into(&mut self, cx: &mut Context<'_>, into: &mut [u8]) -> Poll<io::Result<usize>> {
+        read_via_tokio(self, cx, into)
+    }
+
+    fn poll_send(&mut self, cx: &mut Context<'_>, out: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(self).poll_write(cx, out)
+    }
+}
+
+/// A stream that is not a plain socket (TLS): through tokio's traits.
+fn fill_via_tokio<R: AsyncRead + Unpin>(
     from: &mut R,
     cx: &mut Context<'_>,
     into: &mut BytesMut,
 ) -> Poll<io::Result<usize>> {
     tokio_util::io::poll_read_buf(Pin::new(from), cx, into)
+}
+
+fn read_via_tokio<R: AsyncRead + Unpin>(
+    from: &mut R,
+    cx: &mut Context<'_>,
+    into: &mut [u8],
+) -> Poll<io::Result<usize>> {
+    let mut rb = ReadBuf::new(into);
+    ready!(Pin::new(from).poll_read(cx, &mut rb))?;
+    Poll::Ready(Ok(rb.filled().len()))
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::cancel::CancelKey;
 use super::prepared::{self, ClientStatements, MAX_STATEMENTS_PER_CLIENT, Statement};
-use super::relay::Waiting;
+use super::relay::{MAX_PASSES_PER_POLL, Waiting};
 use super::sockio::RelayIo;
 use super::spare;
 use super::tracking::{Classified, Settings, classify, statements};
@@ -44,9 +44,6 @@ const MAX_DECODED_SERVER_MESSAGE: usize = 1 << 20;
 
 /// Longest prefix of a Bind message searched for its two names.
 const MAX_BIND_NAMES: usize = 8 * 1024;
-
-/// Passes of the relay loop in one poll before the task lets others run.
-const MAX_PASSES_PER_POLL: u32 = 32;
 
 /// Replies outstanding before the proxy stops reading a pipelining client.
 const MAX_EXPECTED: usize = 64 * 1024;

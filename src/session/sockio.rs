@@ -99,7 +99,16 @@ fn recv_when_ready(
     }
 }
 
-impl RelayIo for TlsClient {
+/// Streams that are not plain sockets (TLS; in-memory pipes in tests): through tokio's traits.
+pub trait ViaTokio: AsyncRead + AsyncWrite + Unpin {}
+
+impl ViaTokio for TlsClient {}
+
+/// In-memory pipes stand in for sockets in the relays' unit tests.
+#[cfg(test)]
+impl ViaTokio for tokio::io::DuplexStream {}
+
+impl<T: ViaTokio> RelayIo for T {
     fn poll_fill(&mut self, cx: &mut Context<'_>, into: &mut BytesMut) -> Poll<io::Result<usize>> {
         fill_via_tokio(self, cx, into)
     }
@@ -136,23 +145,6 @@ impl RelayIo for BackendStream {
     }
 }
 
-/// In-memory pipes stand in for sockets in the relays' unit tests.
-#[cfg(test)]
-impl RelayIo for tokio::io::DuplexStream {
-    fn poll_fill(&mut self, cx: &mut Context<'_>, into: &mut BytesMut) -> Poll<io::Result<usize>> {
-        fill_via_tokio(self, cx, into)
-    }
-
-    fn poll_read_into(&mut self, cx: &mut Context<'_>, into: &mut [u8]) -> Poll<io::Result<usize>> {
-        read_via_tokio(self, cx, into)
-    }
-
-    fn poll_send(&mut self, cx: &mut Context<'_>, out: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(self).poll_write(cx, out)
-    }
-}
-
-/// A stream that is not a plain socket (TLS): through tokio's traits.
 fn fill_via_tokio<R: AsyncRead + Unpin>(
     from: &mut R,
     cx: &mut Context<'_>,

@@ -236,7 +236,7 @@ impl Relay {
         // Operations that returned Pending in this call have registered their wake-up; polling
         // them again before we return would only repeat that registration.
         let mut waiting = Waiting::default();
-        let mut passes = 0;
+        let mut passes = Passes::default();
         loop {
             let mut progress = false;
             if let Some(held) = self.held.as_mut()
@@ -320,11 +320,7 @@ impl Relay {
             if !progress {
                 return Poll::Pending;
             }
-            // Plain sockets are read without tokio's cooperative budget: a client and backend
-            // that keep each other busy yield to the other tasks now and then.
-            passes += 1;
-            if passes == MAX_PASSES_PER_POLL {
-                cx.waker().wake_by_ref();
+            if passes.spent(cx) {
                 return Poll::Pending;
             }
         }
@@ -333,7 +329,25 @@ impl Relay {
 
 /// Passes of a relay loop (this one or the transaction-mode session's) in one poll before the
 /// task lets others run.
-pub(super) const MAX_PASSES_PER_POLL: u32 = 32;
+const MAX_PASSES_PER_POLL: u32 = 32;
+
+/// Counts the passes of one poll of a relay loop. Plain sockets are read without tokio's
+/// cooperative budget ([`super::sockio`]), so a client and backend that keep each other busy
+/// would hold the thread: after [`MAX_PASSES_PER_POLL`] the task wakes itself and ends the poll.
+#[derive(Default)]
+pub(super) struct Passes(u32);
+
+impl Passes {
+    /// Counts a pass that moved something; true (the task already woken) when the poll must end.
+    pub(super) fn spent(&mut self, cx: &Context<'_>) -> bool {
+        self.0 += 1;
+        if self.0 < MAX_PASSES_PER_POLL {
+            return false;
+        }
+        cx.waker().wake_by_ref();
+        true
+    }
+}
 
 /// Which of the four socket operations are parked on a wake-up within one poll of a relay
 /// (this one or the transaction-mode session's): polling them again before returning would only
@@ -404,6 +418,52 @@ mod tests {
     use crate::protocol::TxStatus;
     use crate::protocol::frame::test_message as msg;
     use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn a_relay_that_could_go_on_yields_after_its_passes() {
+        use futures_util::FutureExt;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::task::{Wake, Waker};
+
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        // Far more than one poll's passes can move (each pass reads at most one buffer).
+        let sent: Vec<u8> = (0..4 * MAX_PASSES_PER_POLL as usize * RELAY_BUFFER_SIZE / 1024)
+            .flat_map(|_| msg(b'Q', &[b'x'; 1019]))
+            .collect();
+        let (mut client_app, mut client_side) = tokio::io::duplex(sent.len() * 2);
+        let (mut server_side, mut backend) = tokio::io::duplex(sent.len() * 2);
+        client_app
+            .write_all(&sent)
+            .now_or_never()
+            .expect("room in the pipe")
+            .expect("write");
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let (mut relay, mut link) = (Relay::default(), LinkState::Ready(TxStatus::Idle));
+        let mut yielded = 0;
+        loop {
+            let poll = relay.poll_relay(&mut cx, &mut client_side, &mut server_side, &mut link);
+            assert!(poll.is_pending(), "the relay ended: {poll:?}");
+            match count.0.swap(0, Ordering::Relaxed) {
+                0 => break,
+                _ => yielded += 1,
+            }
+        }
+        assert!(yielded >= 3, "yielded {yielded} times");
+        let mut got = vec![0u8; sent.len()];
+        backend
+            .read_exact(&mut got)
+            .now_or_never()
+            .expect("everything arrived")
+            .expect("read");
+        assert!(got == sent);
+    }
 
     #[tokio::test]
     async fn relays_both_ways_and_stops_at_terminate() {

@@ -180,6 +180,14 @@ mod tests {
         (near.expect("connect"), far.expect("accept").0)
     }
 
+    /// Waits (at most 5 s) for `s` to append to `into`.
+    async fn fill(s: &mut TcpStream, into: &mut BytesMut, what: &str) -> usize {
+        tokio::time::timeout(Duration::from_secs(5), poll_fn(|cx| s.poll_fill(cx, into)))
+            .await
+            .expect(what)
+            .expect("read")
+    }
+
     fn fill_now(s: &mut TcpStream, into: &mut BytesMut) -> Poll<io::Result<usize>> {
         let waker = std::task::Waker::noop();
         s.poll_fill(&mut Context::from_waker(waker), into)
@@ -190,13 +198,7 @@ mod tests {
         let (mut ours, mut theirs) = pair().await;
         let mut buf = BytesMut::with_capacity(1024);
         theirs.write_all(b"first").await.expect("write");
-        let n = tokio::time::timeout(
-            Duration::from_secs(5),
-            poll_fn(|cx| ours.poll_fill(cx, &mut buf)),
-        )
-        .await
-        .expect("first bytes arrive")
-        .expect("read");
+        let n = fill(&mut ours, &mut buf, "first bytes arrive").await;
         assert_eq!((n, &buf[..]), (5, &b"first"[..]));
         // Nothing more now.
         assert!(fill_now(&mut ours, &mut buf).is_pending());
@@ -225,14 +227,7 @@ mod tests {
         let mut got = BytesMut::new();
         loop {
             got.reserve(4096);
-            let n = tokio::time::timeout(
-                Duration::from_secs(5),
-                poll_fn(|cx| ours.poll_fill(cx, &mut got)),
-            )
-            .await
-            .expect("bytes or the end arrive")
-            .expect("read");
-            if n == 0 {
+            if fill(&mut ours, &mut got, "bytes or the end arrive").await == 0 {
                 break;
             }
         }

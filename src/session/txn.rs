@@ -21,7 +21,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::cancel::CancelKey;
 use super::prepared::{self, ClientStatements, MAX_STATEMENTS_PER_CLIENT, Statement};
-use super::relay::{MAX_PASSES_PER_POLL, Waiting};
+use super::relay::{Passes, Waiting};
 use super::sockio::RelayIo;
 use super::spare;
 use super::tracking::{Classified, Settings, classify, statements};
@@ -296,7 +296,7 @@ impl<'a> TxnSession<'a> {
         client: &mut C,
     ) -> Poll<TxnEnd> {
         let mut waiting = Waiting::default();
-        let mut passes = 0;
+        let mut passes = Passes::default();
         loop {
             let mut progress = false;
             if let Some(held) = self.held.as_mut()
@@ -449,11 +449,7 @@ impl<'a> TxnSession<'a> {
             if !progress {
                 return Poll::Pending;
             }
-            // Plain sockets are read without tokio's cooperative budget: a client and backend
-            // that keep each other busy yield to the other tasks now and then.
-            passes += 1;
-            if passes == MAX_PASSES_PER_POLL {
-                cx.waker().wake_by_ref();
+            if passes.spent(cx) {
                 return Poll::Pending;
             }
         }
@@ -869,7 +865,7 @@ impl<'a> TxnSession<'a> {
     /// plain without another look. (Query texts carry their literals and seldom repeat: there
     /// the comparison and copy would cost more than they save.)
     fn classify_parse(&mut self, sql: &[u8]) -> Classified {
-        if !self.plain_sql.is_empty() && self.plain_sql == sql {
+        if self.plain_sql == sql {
             return Classified::Plain;
         }
         let class = classify(sql);

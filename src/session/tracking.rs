@@ -40,33 +40,96 @@ pub enum Classified {
 }
 
 /// Classifies the SQL of a Query or Parse message as a whole: its one statement, or `Multi`
-/// for several (see [`statements`]). Runs on every query, so the common case costs a couple of
-/// vectorised byte searches and a look at the first word.
+/// for several (see [`statements`]). Runs on every query, so the common case costs one pass over
+/// the text (sixteen bytes at a time) and a look at the first word.
 pub fn classify(sql: &[u8]) -> Classified {
     let trimmed = sql.trim_ascii_end();
     let trimmed = trimmed.strip_suffix(b";").unwrap_or(trimmed);
-    let (mut call, mut multi) = (false, false);
-    for i in memchr::memchr2_iter(b'(', b';', trimmed) {
-        match trimmed[i] {
-            b'(' => call = true,
-            _ => multi = true,
-        }
-        if call && multi {
-            break;
-        }
-    }
-    if call && let Some(what) = pins_in_calls(trimmed) {
+    let stmt = skip_space_and_comments(trimmed);
+    let marks = Marks::scan(trimmed, trimmed.len() - stmt.len());
+    if marks.call
+        && let Some(what) = pins_in_calls(trimmed)
+    {
         return Classified::Pins(what);
     }
-    if multi {
+    if marks.multi {
         let mut all = split_statements(trimmed);
         return match (all.next(), all.next()) {
-            (Some(one), None) => classify_one(one),
+            (Some(one), None) => classify_one(one, || into_temp(one)),
             (None, _) => Classified::Plain,
             (Some(_), Some(_)) => Classified::Multi,
         };
     }
-    classify_one(skip_space_and_comments(trimmed))
+    classify_one(stmt, || marks.into_temp)
+}
+
+/// What one pass over a query's text finds, for the checks that need more than its first words.
+#[derive(Debug, Default, PartialEq)]
+struct Marks {
+    /// A `(`: maybe a function call.
+    call: bool,
+    /// A `;`: maybe several statements.
+    multi: bool,
+    /// The words `INTO TEMP...` at or after the statement's first word.
+    into_temp: bool,
+}
+
+impl Marks {
+    /// Scans `sql` sixteen bytes at a time; `INTO TEMP` counts only from `stmt_start` on, as the
+    /// statement's own words.
+    fn scan(sql: &[u8], stmt_start: usize) -> Marks {
+        let (blocks, tail) = sql.as_chunks::<16>();
+        let mut last = [0u8; 16];
+        last[..tail.len()].copy_from_slice(tail);
+        let mut marks = Marks::default();
+        for (k, block) in blocks.iter().chain(Some(&last)).enumerate() {
+            let [calls, semicolons, mut i_bits] = block_masks(block);
+            marks.call |= calls != 0;
+            marks.multi |= semicolons != 0;
+            while i_bits != 0 && !marks.into_temp {
+                let at = k * 16 + i_bits.trailing_zeros() as usize;
+                i_bits &= i_bits - 1;
+                marks.into_temp = at >= stmt_start && into_temp_at(sql, at);
+            }
+        }
+        marks
+    }
+}
+
+/// Bit j of each mask: byte j of the block is `(`, `;`, or `i`/`I` (zero padding is none).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn block_masks(block: &[u8; 16]) -> [u32; 3] {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+    };
+    // SAFETY: SSE2 is part of every x86_64 CPU (the intrinsics are unsafe only for their
+    // target feature); the load reads 16 bytes, unaligned, from a 16-byte array.
+    unsafe {
+        let bytes = _mm_loadu_si128(block.as_ptr().cast());
+        let lower = _mm_or_si128(bytes, _mm_set1_epi8(0x20));
+        let equal =
+            |v, byte: u8| _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(byte as i8))) as u32;
+        [equal(bytes, b'('), equal(bytes, b';'), equal(lower, b'i')]
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn block_masks(block: &[u8; 16]) -> [u32; 3] {
+    block_masks_bytewise(block)
+}
+
+/// [`block_masks`] a byte at a time: the other architectures' version and the SSE2 one's
+/// reference in tests.
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+fn block_masks_bytewise(block: &[u8; 16]) -> [u32; 3] {
+    let mut masks = [0u32; 3];
+    for (j, &b) in block.iter().enumerate() {
+        masks[0] |= u32::from(b == b'(') << j;
+        masks[1] |= u32::from(b == b';') << j;
+        masks[2] |= u32::from(b | 0x20 == b'i') << j;
+    }
+    masks
 }
 
 /// Session-level advisory locks and `set_config`, which only appear as function calls; found
@@ -93,14 +156,19 @@ fn pins_in_calls(sql: &[u8]) -> Option<&'static str> {
 
 /// `SELECT ... INTO TEMP[ORARY]`: the word "into" followed by a word starting with "temp".
 fn into_temp(sql: &[u8]) -> bool {
-    memchr::memchr2_iter(b'i', b'I', sql).any(|i| {
-        let word_start = i == 0 || !is_word_byte(sql[i - 1]);
-        let rest = &sql[i..];
-        word_start
-            && starts_with_ci(rest, b"into")
-            && rest.get(4).is_some_and(|b| b.is_ascii_whitespace())
-            && starts_with_ci(rest[4..].trim_ascii_start(), b"temp")
-    })
+    memchr::memchr2_iter(b'i', b'I', sql).any(|i| into_temp_at(sql, i))
+}
+
+/// Whether the word "into", followed by a word starting with "temp", starts at `i`. The byte
+/// before a statement's first word is never a word byte, so a whole query's text gives the same
+/// answer as the statement's own.
+fn into_temp_at(sql: &[u8], i: usize) -> bool {
+    let word_start = i == 0 || !is_word_byte(sql[i - 1]);
+    let rest = &sql[i..];
+    word_start
+        && starts_with_ci(rest, b"into")
+        && rest.get(4).is_some_and(|b| b.is_ascii_whitespace())
+        && starts_with_ci(rest[4..].trim_ascii_start(), b"temp")
 }
 
 fn ends_with_ci(s: &[u8], suffix: &[u8]) -> bool {
@@ -113,7 +181,7 @@ fn starts_with_ci(s: &[u8], prefix: &[u8]) -> bool {
 
 /// Each statement of a (possibly multi-statement) query with its classification.
 pub fn statements(sql: &[u8]) -> impl Iterator<Item = (Classified, &[u8])> {
-    split_statements(sql).map(|s| (classify_one(s), s))
+    split_statements(sql).map(|s| (classify_one(s, || into_temp(s)), s))
 }
 
 /// Splits on `;` (quotes ignored: a false split only errs towards pinning) and drops empties.
@@ -134,13 +202,14 @@ fn lower(word: &[u8]) -> String {
     String::from_utf8_lossy(word).to_ascii_lowercase()
 }
 
-fn classify_one(stmt: &[u8]) -> Classified {
+/// One statement, starting at its first word; `into_temp` is asked only of SELECT and WITH.
+fn classify_one(stmt: &[u8], into_temp: impl FnOnce() -> bool) -> Classified {
     let mut words = Words(stmt);
     let Some(first) = words.next_keyword() else {
         return Classified::Plain;
     };
     if is(first, b"select") || is(first, b"with") {
-        return if into_temp(stmt) {
+        return if into_temp() {
             Classified::Pins("a temporary table")
         } else {
             Classified::Plain
@@ -401,6 +470,52 @@ mod tests {
 
     fn c(sql: &str) -> Classified {
         classify(sql.as_bytes())
+    }
+
+    #[test]
+    fn the_one_pass_scan_finds_marks_at_every_offset() {
+        // Each mark at every position of the eight-byte words and in the padded last word.
+        for pad in 0..20 {
+            let spaces = " ".repeat(pad);
+            let into = format!("SELECT 1{spaces} INTO TEMP t");
+            assert_eq!(c(&into), Classified::Pins("a temporary table"), "{into}");
+            let upper = format!("select{spaces} x iNtO\ttemporary t from y");
+            assert_eq!(c(&upper), Classified::Pins("a temporary table"), "{upper}");
+            let lock = format!("SELECT {spaces}pg_advisory_lock(1)");
+            assert_eq!(
+                c(&lock),
+                Classified::Pins("a session-level advisory lock"),
+                "{lock}"
+            );
+            let multi = format!("SELECT 1;{spaces}SET a.b = 1");
+            assert_eq!(c(&multi), Classified::Multi, "{multi}");
+            let plain = format!("SELECT {spaces}point FROM into_temperature");
+            assert_eq!(c(&plain), Classified::Plain, "{plain}");
+            let sql = format!("/* (; into temp */{spaces}SELECT 1");
+            let stmt_start = sql.find("SELECT").unwrap_or(0);
+            let marks = Marks::scan(sql.as_bytes(), stmt_start);
+            let expected = Marks {
+                call: true,
+                multi: true,
+                into_temp: false,
+            };
+            assert_eq!(marks, expected, "{sql}");
+        }
+    }
+
+    #[test]
+    fn block_masks_match_the_bytewise_reference() {
+        // Every byte value at every position, over a background of each interesting byte.
+        for background in [b' ', b'(', b';', b'i', b'I', 0x08, 0x49 | 0x80] {
+            for value in 0..=255u8 {
+                for at in 0..16 {
+                    let mut block = [background; 16];
+                    block[at] = value;
+                    let (fast, bytewise) = (block_masks(&block), block_masks_bytewise(&block));
+                    assert_eq!(fast, bytewise, "{block:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -155,8 +155,13 @@ impl BackendStatements {
     }
 }
 
-/// Splits a NUL-terminated string off the front of `body`.
+/// Splits a NUL-terminated string off the front of `body`. The empty string (unnamed statements
+/// and portals, most of the extended protocol's names) is told by its first byte, without a
+/// search.
 pub fn cstr(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    if let Some((&0, rest)) = body.split_first() {
+        return Some((&[], rest));
+    }
     let end = memchr::memchr(0, body)?;
     Some((&body[..end], &body[end + 1..]))
 }
@@ -184,6 +189,15 @@ pub fn write_statement_target(out: &mut BytesMut, tag: u8, name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cstr_splits_empty_named_and_unterminated_strings() {
+        assert_eq!(cstr(b"\0rest"), Some((&b""[..], &b"rest"[..])));
+        assert_eq!(cstr(b"S_1\0\0x"), Some((&b"S_1"[..], &b"\0x"[..])));
+        assert_eq!(cstr(b"\0"), Some((&b""[..], &b""[..])));
+        assert_eq!(cstr(b"no end"), None);
+        assert_eq!(cstr(b""), None);
+    }
 
     #[test]
     fn same_text_same_backend_name_and_types_matter() {

@@ -1148,6 +1148,22 @@ impl<'a> TxnSession<'a> {
                     "invalid message length {len} for message type {tag:#04x}"
                 )));
             }
+            // Rows, most of a result's bytes, are taken in whole runs: a DataRow never changes
+            // what the queue expects, so every row of a run goes where the first one goes.
+            if tag == b'D' {
+                let room = HIGH_WATER - (self.cout.len() + self.sin_fwd);
+                let run = complete_run(&self.sin[self.sin_fwd..], b'D', room);
+                if run > 0 {
+                    let forward = match self.expect.front() {
+                        Some(Expect::Reply { owner, .. }) => *owner == Owner::Client,
+                        _ => true,
+                    };
+                    self.take_server_bytes(run, forward);
+                    self.flush_locals();
+                    moved = true;
+                    continue;
+                }
+            }
             let decoded = matches!(tag, b'Z' | b'S' | b'C' | b'E');
             if decoded && len > MAX_DECODED_SERVER_MESSAGE {
                 return Err(TxnEnd::ServerProtocol(format!(
@@ -1432,4 +1448,66 @@ fn read_some<R: RelayIo>(
         into.reserve(READ_CHUNK);
     }
     from.poll_fill(cx, into)
+}
+
+/// Length of the whole `tag` messages at the front of `buf`, stopping once `room` bytes are
+/// reached (the first message is always counted) or at anything else: another tag, a message
+/// not yet complete, a length the message loop must refuse.
+fn complete_run(buf: &[u8], tag: u8, room: usize) -> usize {
+    let mut at = 0;
+    while at < room.max(1) {
+        let Some(&[t, a, b, c, d]) = buf.get(at..).and_then(|rest| rest.first_chunk::<5>()) else {
+            break;
+        };
+        let len = u32::from_be_bytes([a, b, c, d]) as usize;
+        if t != tag || len < 4 || buf.len() - at <= len {
+            break;
+        }
+        at += len + 1;
+    }
+    at
+}
+
+#[cfg(test)]
+mod tests {
+    use super::complete_run;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    #[test]
+    fn a_run_is_the_whole_messages_of_one_tag_up_to_room() {
+        let row = msg(b'D', b"\0\x01\0\0\0\x011");
+        let rows = [row.clone(), row.clone(), row.clone()].concat();
+        let n = row.len();
+        let mut buf = [rows.clone(), msg(b'C', b"SELECT 3\0")].concat();
+        assert_eq!(
+            complete_run(&buf, b'D', 1 << 20),
+            3 * n,
+            "stops at another tag"
+        );
+        assert_eq!(
+            complete_run(&buf, b'D', n + 1),
+            2 * n,
+            "stops once room is reached"
+        );
+        assert_eq!(
+            complete_run(&buf, b'D', 0),
+            n,
+            "the first message always counts"
+        );
+        assert_eq!(
+            complete_run(&buf[..3 * n - 1], b'D', 1 << 20),
+            2 * n,
+            "incomplete"
+        );
+        assert_eq!(complete_run(&buf[..4], b'D', 1 << 20), 0, "no whole header");
+        assert_eq!(complete_run(&buf, b'C', 1 << 20), 0, "another tag first");
+        buf[2 * n + 4] = 3; // a length below 4: left to the message loop to refuse
+        assert_eq!(complete_run(&buf, b'D', 1 << 20), 2 * n);
+    }
 }

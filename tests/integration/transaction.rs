@@ -608,6 +608,13 @@ async fn large_results_and_copies_stream_through_transaction_mode() {
         .expect("big result");
     assert_eq!(rows.len(), 20_000);
     assert!(rows.iter().all(|r| r.get::<_, String>(0).len() == 1024));
+    // Many small rows (taken in runs by the relay), each in its place.
+    let small = c
+        .query("SELECT i FROM generate_series(1, 50000) i", &[])
+        .await
+        .expect("many rows");
+    let values: Vec<i32> = small.iter().map(|r| r.get(0)).collect();
+    assert_eq!(values, (1..=50_000).collect::<Vec<i32>>());
     // COPY in both directions inside transaction pooling.
     let sink = c
         .copy_in("COPY items (id, note) FROM STDIN")

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Compares pgbench -S through nothing (direct), pgbouncer and pgtenant, in one run on this
 # machine, and prints tps, average latency and each proxy's CPU time per transaction, for
-# session pooling, transaction pooling (simple, extended, prepared protocols) and a new
-# connection per transaction (-C) in transaction pooling.
+# session pooling, transaction pooling (simple, extended, prepared protocols), a new
+# connection per transaction (-C) in transaction pooling, and (row txn-rows) a 100-row read
+# (benches/rows-100.sql) in transaction pooling.
 #
 #   bash benches/compare.sh                      # 3 runs of 15 s per row, medians
 #   DURATION=30 REPEAT=5 CLIENTS=16 bash benches/compare.sh
@@ -18,7 +19,7 @@ REPEAT=${REPEAT:-3}
 CLIENTS=${CLIENTS:-16}
 CONNECT_CLIENTS=${CONNECT_CLIENTS:-8}
 SCALE=${SCALE:-10}
-ROWS=${ROWS:-"session-simple session-extended session-prepared txn-simple txn-extended txn-prepared connect"}
+ROWS=${ROWS:-"session-simple session-extended session-prepared txn-simple txn-extended txn-prepared connect txn-rows"}
 POOL=$((CLIENTS + 4))
 
 if ! command -v pgbouncer >/dev/null; then
@@ -29,6 +30,7 @@ BIN=${PGTENANT_BIN:-target/release/pgtenant}
 
 source benches/bench-cluster.sh
 start_bench_cluster bench "$SCALE" -c max_connections=200 -c shared_buffers=256MB
+cp benches/rows-100.sql "$work/rows-100.sql"
 BOUNCER_PORT=$(free_port); TENANT_PORT=$(free_port)
 
 # Both proxies hold the SCRAM verifier, not the password: neither runs PBKDF2 per login.
@@ -79,13 +81,14 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 split_ticks() { awk '{printf "user=%s sys=%s ", $14, $15}' "/proc/$1/stat"; awk '/^voluntary_ctxt_switches/ {print "switches=" $2}' "/proc/$1/status"; }
 CLK_TCK=$(getconf CLK_TCK)
 
-# pgbench arguments of a row: protocol mode, clients, and -C for the connection row.
+# pgbench arguments of a row: workload, protocol mode, clients, and -C for the connection row.
 row_args() {
   case $1 in
-    *-simple) echo "-M simple -c $CLIENTS" ;;
-    *-extended) echo "-M extended -c $CLIENTS" ;;
-    *-prepared) echo "-M prepared -c $CLIENTS" ;;
-    connect) echo "-M simple -C -c $CONNECT_CLIENTS" ;;
+    *-simple) echo "-S -M simple -c $CLIENTS" ;;
+    *-extended) echo "-S -M extended -c $CLIENTS" ;;
+    *-prepared) echo "-S -M prepared -c $CLIENTS" ;;
+    *-rows) echo "-f $work/rows-100.sql -M simple -c $CLIENTS" ;;
+    connect) echo "-S -M simple -C -c $CONNECT_CLIENTS" ;;
   esac
 }
 row_db() { case $1 in session-*) echo bench ;; *) echo bench_txn ;; esac; }
@@ -104,7 +107,7 @@ run_row() { # target port pid row
   fi
   local out ok=1
   # shellcheck disable=SC2046
-  out=$("$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -S $(row_args "$label") -j 2 -T "$DURATION" "$db" 2>&1) || ok=0
+  out=$("$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench $(row_args "$label") -j 2 -T "$DURATION" "$db" 2>&1) || ok=0
   [ "$pid" != "-" ] && after=$(ticks "$pid")
   [ -n "${SPLIT:-}" ] && [ "$pid" != "-" ] && echo "$name $(split_ticks "$pid")" >&2
   local txns tps lat failed

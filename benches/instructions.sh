@@ -4,6 +4,8 @@
 #
 #   bash benches/instructions.sh [path/to/pgtenant]     # default: target/release/pgtenant
 #   POOL_MODE=transaction bash benches/instructions.sh  # transaction pooling
+#   TARGET=pgbouncer POOL_MODE=transaction bash benches/instructions.sh  # the same for pgbouncer
+#   SCRIPT=rows.sql bash benches/instructions.sh        # a pgbench script instead of -S
 #
 # Runs pgbench -S (4 clients, session mode) through the proxy under callgrind twice, with 1,000
 # and 6,000 transactions per client, and divides the difference by 20,000, so connection set-up
@@ -15,20 +17,52 @@ BIN=${1:-target/release/pgtenant}
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
 source benches/bench-cluster.sh
 start_bench_cluster instr 1
+WORKLOAD=-S
+if [ -n "${SCRIPT:-}" ]; then
+  cp "$SCRIPT" "$work/script.sql" && chmod 644 "$work/script.sql" && WORKLOAD="-f $work/script.sql"
+fi
+if [ "${TARGET:-pgtenant}" = pgbouncer ]; then
+  command -v pgbouncer >/dev/null || { apt-get update -qq && apt-get install -y -qq pgbouncer >/dev/null; }
+  VERIFIER=$("$PGBIN/psql" -qAtX -h 127.0.0.1 -p "$PG_PORT" -U postgres \
+    -c "SELECT rolpassword FROM pg_authid WHERE rolname = 'bench'" postgres)
+fi
 
 instructions() { # transactions per client -> total Ir
   local port; port=$(free_port)
-  write_pgtenant_config "$BIN" "$port" "[pool]
+  local run=("$BIN" serve --config "$work/pgtenant.toml")
+  if [ "${TARGET:-pgtenant}" = pgbouncer ]; then
+    cat > "$work/pgbouncer.ini" <<INI
+[databases]
+bench = host=127.0.0.1 port=$PG_PORT dbname=bench pool_mode=${POOL_MODE:-session}
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $work/userlist.txt
+default_pool_size = 20
+logfile = $work/pgbouncer.log
+INI
+    echo "\"bench\" \"$VERIFIER\"" > "$work/userlist.txt"
+    [ "$(id -u)" -eq 0 ] && chown postgres: "$work/pgbouncer.ini" "$work/userlist.txt"
+    run=(pgbouncer "$work/pgbouncer.ini")
+  else
+    write_pgtenant_config "$BIN" "$port" "[pool]
 mode = \"${POOL_MODE:-session}\""
-  PGTENANT_LOG=${PGTENANT_LOG:-info} valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
-    "$BIN" serve --config "$work/pgtenant.toml" >"$work/valgrind.log" 2>&1 &
-  local vpid=$!
+  fi
+  # (pgbouncer refuses to run as root: as_pg runs it, and valgrind, as postgres.)
+  local as=(); [ "${TARGET:-pgtenant}" = pgbouncer ] && as=(as_pg)
+  PGTENANT_LOG=${PGTENANT_LOG:-info} "${as[@]}" valgrind --tool=callgrind \
+    --callgrind-out-file="$work/cg.out" "${run[@]}" >"$work/valgrind.log" 2>&1 &
+  sleep 1
+  local vpid; vpid=$(pgrep -f "callgrind-out-file=$work/cg.out" | tail -1)
   for _ in $(seq 100); do "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$port" && break; sleep 0.2; done
-  "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench -S ${PGBENCH_ARGS:--c 4} -t "$1" bench >/dev/null 2>&1
-  kill -INT "$vpid"; wait "$vpid" || true
+  # shellcheck disable=SC2086
+  "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench $WORKLOAD ${PGBENCH_ARGS:--c 4} -t "$1" bench >/dev/null 2>&1
+  kill -INT "$vpid"; while kill -0 "$vpid" 2>/dev/null; do sleep 0.2; done
   [ -n "${KEEP:-}" ] && cp "$work/cg.out" "/tmp/cg-$1.out"
   callgrind_annotate "$work/cg.out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }'
 }
 small=$(instructions 1000)
 large=$(instructions 6000)
-echo "pgtenant user-space instructions per transaction (pgbench -S, ${POOL_MODE:-session} mode): $(( (large - small) / 20000 ))"
+echo "${TARGET:-pgtenant} user-space instructions per transaction (pgbench ${SCRIPT:--S}, ${POOL_MODE:-session} mode): $(( (large - small) / 20000 ))"

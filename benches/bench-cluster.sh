@@ -1,6 +1,7 @@
 # Sourced by the benchmark scripts: a throwaway cluster with a pgbench database `bench` owned by
 # role `bench`, and the pgtenant config that fronts it. Defines PGBIN, work, PG_PORT, PASSWORD,
-# pids (killed on exit), as_pg, free_port and write_pgtenant_config.
+# pids (killed on exit), as_pg, free_port, write_pgtenant_config, bench_verifier and
+# write_pgbouncer_config.
 #
 #   start_bench_cluster NAME SCALE [extra postgres -c options]
 
@@ -56,4 +57,30 @@ server = "local"
 name = "bench"
 password_hash = "$verifier"
 TOML
+}
+
+# bench_verifier: the SCRAM verifier Postgres stores for role bench.
+bench_verifier() {
+  "$PGBIN/psql" -qAtX -h 127.0.0.1 -p "$PG_PORT" -U postgres \
+    -c "SELECT rolpassword FROM pg_authid WHERE rolname = 'bench'" postgres
+}
+
+# write_pgbouncer_config PORT POOL_SIZE DATABASE_LINES: $work/pgbouncer.ini and its auth file,
+# which holds bench's verifier, not its password (no PBKDF2 per login, as for pgtenant).
+write_pgbouncer_config() {
+  cat > "$work/pgbouncer.ini" <<INI
+[databases]
+$3
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $1
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $work/userlist.txt
+default_pool_size = $2
+max_client_conn = 1000
+logfile = $work/pgbouncer.log
+INI
+  echo "\"bench\" \"$(bench_verifier)\"" > "$work/userlist.txt"
+  if [ "$(id -u)" -eq 0 ]; then chown postgres: "$work/pgbouncer.ini" "$work/userlist.txt"; fi
 }

@@ -34,24 +34,10 @@ cp benches/rows-100.sql "$work/rows-100.sql"
 BOUNCER_PORT=$(free_port); TENANT_PORT=$(free_port)
 
 # Both proxies hold the SCRAM verifier, not the password: neither runs PBKDF2 per login.
-VERIFIER=$("$PGBIN/psql" -qAtX -h 127.0.0.1 -p "$PG_PORT" -U postgres \
-  -c "SELECT rolpassword FROM pg_authid WHERE rolname = 'bench'" postgres)
-cat > "$work/pgbouncer.ini" <<INI
-[databases]
-bench = host=127.0.0.1 port=$PG_PORT dbname=bench pool_mode=session
-bench_txn = host=127.0.0.1 port=$PG_PORT dbname=bench pool_mode=transaction
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = $work/userlist.txt
-default_pool_size = $POOL
-max_client_conn = 1000
-logfile = $work/pgbouncer.log
-INI
-echo "\"bench\" \"$VERIFIER\"" > "$work/userlist.txt"
-[ "$(id -u)" -eq 0 ] && chown postgres: "$work/pgbouncer.ini" "$work/userlist.txt"
+VERIFIER=$(bench_verifier)
+write_pgbouncer_config "$BOUNCER_PORT" "$POOL" \
+  "bench = host=127.0.0.1 port=$PG_PORT dbname=bench pool_mode=session
+bench_txn = host=127.0.0.1 port=$PG_PORT dbname=bench pool_mode=transaction"
 as_pg pgbouncer -q "$work/pgbouncer.ini" >/dev/null 2>&1 &
 pids+=($!)
 

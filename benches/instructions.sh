@@ -21,30 +21,16 @@ WORKLOAD=-S
 if [ -n "${SCRIPT:-}" ]; then
   cp "$SCRIPT" "$work/script.sql" && chmod 644 "$work/script.sql" && WORKLOAD="-f $work/script.sql"
 fi
-if [ "${TARGET:-pgtenant}" = pgbouncer ]; then
-  command -v pgbouncer >/dev/null || { apt-get update -qq && apt-get install -y -qq pgbouncer >/dev/null; }
-  VERIFIER=$("$PGBIN/psql" -qAtX -h 127.0.0.1 -p "$PG_PORT" -U postgres \
-    -c "SELECT rolpassword FROM pg_authid WHERE rolname = 'bench'" postgres)
+if [ "${TARGET:-pgtenant}" = pgbouncer ] && ! command -v pgbouncer >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq pgbouncer >/dev/null
 fi
 
 instructions() { # transactions per client -> total Ir
   local port; port=$(free_port)
   local run=("$BIN" serve --config "$work/pgtenant.toml")
   if [ "${TARGET:-pgtenant}" = pgbouncer ]; then
-    cat > "$work/pgbouncer.ini" <<INI
-[databases]
-bench = host=127.0.0.1 port=$PG_PORT dbname=bench pool_mode=${POOL_MODE:-session}
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $port
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = $work/userlist.txt
-default_pool_size = 20
-logfile = $work/pgbouncer.log
-INI
-    echo "\"bench\" \"$VERIFIER\"" > "$work/userlist.txt"
-    [ "$(id -u)" -eq 0 ] && chown postgres: "$work/pgbouncer.ini" "$work/userlist.txt"
+    write_pgbouncer_config "$port" 20 \
+      "bench = host=127.0.0.1 port=$PG_PORT dbname=bench pool_mode=${POOL_MODE:-session}"
     run=(pgbouncer "$work/pgbouncer.ini")
   else
     write_pgtenant_config "$BIN" "$port" "[pool]

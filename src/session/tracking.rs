@@ -474,7 +474,7 @@ mod tests {
 
     #[test]
     fn the_one_pass_scan_finds_marks_at_every_offset() {
-        // Each mark at every position of the eight-byte words and in the padded last word.
+        // Each mark on both sides of a sixteen-byte block boundary and in the padded last block.
         for pad in 0..20 {
             let spaces = " ".repeat(pad);
             let into = format!("SELECT 1{spaces} INTO TEMP t");
@@ -487,7 +487,7 @@ mod tests {
                 Classified::Pins("a session-level advisory lock"),
                 "{lock}"
             );
-            let multi = format!("SELECT 1;{spaces}SET a.b = 1");
+            let multi = format!("SELECT 1{spaces};SET a.b = 1");
             assert_eq!(c(&multi), Classified::Multi, "{multi}");
             let plain = format!("SELECT {spaces}point FROM into_temperature");
             assert_eq!(c(&plain), Classified::Plain, "{plain}");

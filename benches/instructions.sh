@@ -40,8 +40,12 @@ mode = \"${POOL_MODE:-session}\""
   local as=(); [ "${TARGET:-pgtenant}" = pgbouncer ] && as=(as_pg)
   PGTENANT_LOG=${PGTENANT_LOG:-info} "${as[@]}" valgrind --tool=callgrind \
     --callgrind-out-file="$work/cg.out" "${run[@]}" >"$work/valgrind.log" 2>&1 &
-  sleep 1
-  local vpid; vpid=$(pgrep -f "callgrind-out-file=$work/cg.out" | tail -1)
+  # valgrind's own process (not runuser's, whose command line also names the output file).
+  local vpid=""
+  for _ in $(seq 100); do
+    vpid=$(pgrep -f "^[^ ]*valgrind[^ ]* --tool=callgrind --callgrind-out-file=$work/cg.out") && break
+    sleep 0.1
+  done
   for _ in $(seq 100); do "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$port" && break; sleep 0.2; done
   # shellcheck disable=SC2086
   "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench $WORKLOAD ${PGBENCH_ARGS:--c 4} -t "$1" bench >/dev/null 2>&1

@@ -154,9 +154,9 @@ fn pins_in_calls(sql: &[u8]) -> Option<&'static str> {
     None
 }
 
-/// `SELECT ... INTO TEMP[ORARY]`: the word "into" followed by a word starting with "temp".
-fn into_temp(sql: &[u8]) -> bool {
-    memchr::memchr2_iter(b'i', b'I', sql).any(|i| into_temp_at(sql, i))
+/// `SELECT ... INTO TEMP[ORARY]` in one statement of several (a single one has its scan).
+fn into_temp(stmt: &[u8]) -> bool {
+    Marks::scan(stmt, 0).into_temp
 }
 
 /// Whether the word "into", followed by a word starting with "temp", starts at `i`. The byte

@@ -144,6 +144,18 @@ enum ServerAction {
     Swallow,
 }
 
+impl ServerAction {
+    /// Replies the client asked for (or nobody, on a desynchronised queue) reach it; the
+    /// proxy's own are swallowed.
+    fn for_owner(owner: Option<Owner>) -> ServerAction {
+        if owner == Some(Owner::Client) || owner.is_none() {
+            ServerAction::Forward
+        } else {
+            ServerAction::Swallow
+        }
+    }
+}
+
 /// A checkout in progress.
 type Checkout = Pin<Box<dyn Future<Output = Result<PooledConn, CheckoutError>> + Send>>;
 
@@ -356,12 +368,9 @@ impl<'a> TxnSession<'a> {
                     }
                 }
             }
-            // (Nothing to handle is the common case of a pass: not worth a call.)
-            if !self.cin.is_empty() {
-                match self.process_client() {
-                    Ok(moved) => progress |= moved,
-                    Err(end) => return Poll::Ready(end),
-                }
+            match self.process_client() {
+                Ok(moved) => progress |= moved,
+                Err(end) => return Poll::Ready(end),
             }
             if !waiting.server_write
                 && !self.sout.is_empty()
@@ -401,11 +410,9 @@ impl<'a> TxnSession<'a> {
                     }
                 }
             }
-            if self.sin.len() > self.sin_fwd {
-                match self.process_server() {
-                    Ok(moved) => progress |= moved,
-                    Err(end) => return Poll::Ready(end),
-                }
+            match self.process_server() {
+                Ok(moved) => progress |= moved,
+                Err(end) => return Poll::Ready(end),
             }
             // The connection goes back (and the transaction is counted) before the client hears
             // the transaction ended.
@@ -608,7 +615,16 @@ impl<'a> TxnSession<'a> {
 
     /// Handles whole client messages (streaming large pass-through ones) until input runs out,
     /// a backend is needed and not yet held, or output is backed up. True when bytes moved.
+    #[inline(always)]
     fn process_client(&mut self) -> Result<bool, TxnEnd> {
+        // Nothing to handle is the common case of a relay pass: no call for it.
+        if self.cin.is_empty() {
+            return Ok(false);
+        }
+        self.client_messages()
+    }
+
+    fn client_messages(&mut self) -> Result<bool, TxnEnd> {
         let mut moved = false;
         loop {
             if self.client_stream_left > 0 {
@@ -1120,7 +1136,16 @@ impl<'a> TxnSession<'a> {
 
     /// Handles backend messages (streaming large pass-through ones) until input runs out or the
     /// client's output is backed up. True when bytes moved.
+    #[inline(always)]
     fn process_server(&mut self) -> Result<bool, TxnEnd> {
+        // Nothing unhandled is the common case of a relay pass: no call for it.
+        if self.sin.len() == self.sin_fwd {
+            return Ok(false);
+        }
+        self.server_messages()
+    }
+
+    fn server_messages(&mut self) -> Result<bool, TxnEnd> {
         let mut moved = false;
         loop {
             if self.server_stream_left > 0 {
@@ -1154,11 +1179,12 @@ impl<'a> TxnSession<'a> {
                 let room = HIGH_WATER - (self.cout.len() + self.sin_fwd);
                 let run = complete_run(&self.sin[self.sin_fwd..], b'D', room);
                 if run > 0 {
-                    let forward = match self.expect.front() {
-                        Some(Expect::Reply { owner, .. }) => *owner == Owner::Client,
-                        _ => true,
+                    let owner = match self.expect.front() {
+                        Some(Expect::Reply { owner, .. }) => Some(*owner),
+                        _ => None,
                     };
-                    self.take_server_bytes(run, forward);
+                    let action = ServerAction::for_owner(owner);
+                    self.take_server_bytes(run, matches!(action, ServerAction::Forward));
                     self.flush_locals();
                     moved = true;
                     continue;
@@ -1199,13 +1225,6 @@ impl<'a> TxnSession<'a> {
         let (front_reply, front_owner) = match self.expect.front() {
             Some(Expect::Reply { reply, owner, .. }) => (Some(*reply), Some(*owner)),
             _ => (None, None),
-        };
-        let own = |o: Option<Owner>| {
-            if o == Some(Owner::Client) || o.is_none() {
-                ServerAction::Forward
-            } else {
-                ServerAction::Swallow
-            }
         };
         match tag {
             // Asynchronous: notices and notifications always reach the client.
@@ -1267,7 +1286,7 @@ impl<'a> TxnSession<'a> {
                     self.stats
                         .record_backend_error(&self.server_msg()[5..len + 1]);
                 }
-                let action = own(front_owner);
+                let action = ServerAction::for_owner(front_owner);
                 if front_owner == Some(Owner::Proxy) && front_reply == Some(Reply::Query) {
                     tracing::warn!(tenant = %self.pool.tenant, "replaying client settings failed; the connection will be closed");
                     self.poisoned = true;
@@ -1307,7 +1326,7 @@ impl<'a> TxnSession<'a> {
                     return Err(self.lost_track(tag));
                 }
                 self.expect.pop_front();
-                Ok(own(front_owner))
+                Ok(ServerAction::for_owner(front_owner))
             }
             b'T' | b'n'
                 if matches!(
@@ -1316,24 +1335,24 @@ impl<'a> TxnSession<'a> {
                 ) =>
             {
                 self.expect.pop_front();
-                Ok(own(front_owner))
+                Ok(ServerAction::for_owner(front_owner))
             }
             b'C' | b'I' | b's' if front_reply == Some(Reply::Execute) => {
                 if tag == b'C' {
                     self.command_complete(len);
                 }
                 self.expect.pop_front();
-                Ok(own(front_owner))
+                Ok(ServerAction::for_owner(front_owner))
             }
             b'C' => {
                 self.command_complete(len);
-                Ok(own(front_owner))
+                Ok(ServerAction::for_owner(front_owner))
             }
             b'G' => {
                 self.enter_copy_in();
-                Ok(own(front_owner))
+                Ok(ServerAction::for_owner(front_owner))
             }
-            _ => Ok(own(front_owner)),
+            _ => Ok(ServerAction::for_owner(front_owner)),
         }
     }
 

@@ -63,9 +63,12 @@ BOUNCER_PID=$(pgrep -f "^pgbouncer .*$work/pgbouncer.ini" | head -1)
 TENANT_PID=$(pgrep -f "serve --config $work/pgtenant.toml" | head -1)
 pids+=("$BOUNCER_PID")
 
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# A process's time on a CPU in nanoseconds, all threads: the scheduler's exact count
+# (/proc/PID/task/*/schedstat). The user and system ticks of /proc/PID/stat are samples taken
+# at each clock tick; a proxy that runs in bursts of tens of microseconds collects only a few
+# dozen of them in a -C run, so their count alone varies by ±15% from run to run.
+cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{ s += $1 } END { printf "%.0f", s }'; }
 split_ticks() { awk '{printf "user=%s sys=%s ", $14, $15}' "/proc/$1/stat"; awk '/^voluntary_ctxt_switches/ {print "switches=" $2}' "/proc/$1/status"; }
-CLK_TCK=$(getconf CLK_TCK)
 
 # pgbench arguments of a row: workload, protocol mode, clients, and -C for the connection row.
 row_args() {
@@ -84,7 +87,7 @@ run_row() { # target port pid row
   local db; db=$(row_db "$label")
   [ "$name" = direct ] && db=bench
   local before=0 after=0
-  [ "$pid" != "-" ] && before=$(ticks "$pid")
+  [ "$pid" != "-" ] && before=$(cpu_ns "$pid")
   if [ -n "${PROFILE:-}" ] && [ "$name" = "$PROFILE" ] && [ "$label" = "${PROFILE_ROW:-session-simple}" ]; then
     perf record -q -e "${PERF_EVENT:-cpu-clock}" ${PERF_ARGS:-} -g -p "$pid" -o "/tmp/perf-$name.data" -- sleep "$DURATION" >/dev/null 2>&1 &
   fi
@@ -94,7 +97,7 @@ run_row() { # target port pid row
   local out ok=1
   # shellcheck disable=SC2046
   out=$("$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench $(row_args "$label") -j 2 -T "$DURATION" "$db" 2>&1) || ok=0
-  [ "$pid" != "-" ] && after=$(ticks "$pid")
+  [ "$pid" != "-" ] && after=$(cpu_ns "$pid")
   [ -n "${SPLIT:-}" ] && [ "$pid" != "-" ] && echo "$name $(split_ticks "$pid")" >&2
   local txns tps lat failed
   txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
@@ -108,9 +111,10 @@ run_row() { # target port pid row
   fi
   local cpu="-"
   if [ "$pid" != "-" ] && [ "$txns" -gt 0 ]; then
-    cpu=$(awk -v t=$((after - before)) -v n="$txns" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", t * 1000000 / hz / n }')
+    cpu=$(awk -v t=$((after - before)) -v n="$txns" 'BEGIN { printf "%.1f", t / 1000 / n }')
   fi
   echo "$name $label ${tps:-0} ${lat:-0} ${cpu} ${RUN:-0}" >> "$work/results"
+  [ -n "${VERBOSE:-}" ] && echo "run ${RUN:-0}: $name $label tps ${tps:-0} cpu ${cpu}" >&2
 }
 
 echo

@@ -18,7 +18,7 @@ const MAX_LOGIN_MESSAGE_LENGTH: usize = 1 << 20;
 #[derive(Debug, Default)]
 pub struct BackendLogin {
     /// ParameterStatus values reported by the backend.
-    pub params: Vec<(String, String)>,
+    pub params: ServerParams,
     /// BackendKeyData process id.
     pub pid: i32,
     /// BackendKeyData secret.
@@ -132,7 +132,7 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
                 if let Some((name, rest)) = take_cstr(&body)
                     && let Some((value, _)) = take_cstr(rest)
                 {
-                    set_param(&mut login.params, name, value);
+                    login.params.set(name, value);
                 }
             }
             b'K' => {
@@ -156,14 +156,49 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Records a ParameterStatus value, replacing an earlier one of the same name.
-pub fn set_param(params: &mut Vec<(String, String)>, name: &str, value: &str) {
-    match params.iter_mut().find(|(n, _)| n == name) {
-        Some((_, v)) => {
-            v.clear();
-            v.push_str(value);
+/// A backend's ParameterStatus values, with the messages that report them to a client kept
+/// beside them: every login a connection serves sends the same dozen messages, and copying one
+/// block costs less than encoding each again.
+#[derive(Debug, Default)]
+pub struct ServerParams {
+    values: Vec<(String, String)>,
+    /// ParameterStatus messages for `values`, encoded on first use after a change.
+    encoded: Option<BytesMut>,
+}
+
+impl ServerParams {
+    /// Records a value, replacing an earlier one of the same name.
+    pub fn set(&mut self, name: &str, value: &str) {
+        match self.values.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) if v == value => return,
+            Some((_, v)) => {
+                v.clear();
+                v.push_str(value);
+            }
+            None => self.values.push((name.to_owned(), value.to_owned())),
         }
-        None => params.push((name.to_owned(), value.to_owned())),
+        self.encoded = None;
+    }
+
+    /// The value last reported for a parameter (names compare case-insensitively).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Appends one ParameterStatus message per value, in the order the backend reported them.
+    pub fn put_status_messages(&mut self, out: &mut BytesMut) {
+        let values = &self.values;
+        let encoded = self.encoded.get_or_insert_with(|| {
+            let mut buf = BytesMut::new();
+            for (name, value) in values {
+                crate::protocol::messages::parameter_status(&mut buf, name, value);
+            }
+            buf
+        });
+        out.extend_from_slice(encoded);
     }
 }
 
@@ -173,4 +208,62 @@ fn sasl_mechanisms(mut data: &[u8]) -> impl Iterator<Item = &str> {
         data = rest;
         (!m.is_empty()).then_some(m)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::messages::parameter_status;
+
+    fn encoded_fresh(values: &[(&str, &str)]) -> BytesMut {
+        let mut out = BytesMut::new();
+        for (name, value) in values {
+            parameter_status(&mut out, name, value);
+        }
+        out
+    }
+
+    fn status_messages(params: &mut ServerParams) -> BytesMut {
+        let mut out = BytesMut::from(&b"before"[..]);
+        params.put_status_messages(&mut out);
+        assert_eq!(&out[..6], b"before", "appends, never replaces");
+        out.split_off(6)
+    }
+
+    #[test]
+    fn status_messages_follow_every_change() {
+        let mut params = ServerParams::default();
+        assert!(status_messages(&mut params).is_empty());
+        params.set("server_version", "15.18");
+        params.set("application_name", "");
+        params.set("TimeZone", "UTC");
+        let first = status_messages(&mut params);
+        assert_eq!(
+            first,
+            encoded_fresh(&[
+                ("server_version", "15.18"),
+                ("application_name", ""),
+                ("TimeZone", "UTC")
+            ])
+        );
+        // Served again from the kept block, unchanged.
+        assert_eq!(status_messages(&mut params), first);
+        // A change of value keeps the backend's order; a new name goes last.
+        params.set("application_name", "billing");
+        params.set("DateStyle", "ISO, DMY");
+        assert_eq!(
+            status_messages(&mut params),
+            encoded_fresh(&[
+                ("server_version", "15.18"),
+                ("application_name", "billing"),
+                ("TimeZone", "UTC"),
+                ("DateStyle", "ISO, DMY")
+            ])
+        );
+        // Setting the value it already has changes nothing.
+        params.set("TimeZone", "UTC");
+        assert_eq!(params.get("timezone"), Some("UTC"));
+        assert_eq!(params.get("application_name"), Some("billing"));
+        assert_eq!(params.get("search_path"), None);
+    }
 }

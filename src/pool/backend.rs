@@ -13,7 +13,7 @@ use tokio::time::timeout;
 
 use super::backend_tls::{self, BackendStream, BackendTlsError};
 
-use crate::auth::backend::{BackendLoginError, login, set_param};
+use crate::auth::backend::{BackendLoginError, ServerParams, login};
 use crate::protocol::{TxStatus, messages};
 use crate::session::cancel::CancelTarget;
 use crate::session::prepared::BackendStatements;
@@ -68,7 +68,7 @@ pub struct BackendConn {
     /// The socket (plain or TLS); the relay reads and writes it directly.
     pub stream: BackendStream,
     /// ParameterStatus values as the backend last reported them.
-    pub params: Vec<(String, String)>,
+    pub params: ServerParams,
     /// Where a client's cancel for this connection goes: address, process id and secret, made
     /// once and shared with whichever client holds the connection.
     pub cancel: std::sync::Arc<CancelTarget>,
@@ -114,7 +114,7 @@ impl BackendConn {
     fn new(
         stream: BackendStream,
         addr: SocketAddr,
-        params: Vec<(String, String)>,
+        params: ServerParams,
         pid: i32,
         secret: std::sync::Arc<[u8]>,
         lifetime: Duration,
@@ -140,7 +140,7 @@ impl BackendConn {
         Box::new(BackendConn::new(
             BackendStream::Plain(stream),
             addr,
-            Vec::new(),
+            ServerParams::default(),
             0,
             secret,
             Duration::from_secs(3600),
@@ -170,7 +170,7 @@ impl BackendConn {
                         if let Some((name, rest)) = take_cstr(&body)
                             && let Some((value, _)) = take_cstr(rest)
                         {
-                            set_param(&mut self.params, name, value);
+                            self.params.set(name, value);
                         }
                     }
                     b'E' => {
@@ -236,10 +236,7 @@ impl BackendConn {
 
     /// The value the backend last reported for a parameter.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.params.get(name)
     }
 }
 

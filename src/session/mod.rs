@@ -217,9 +217,7 @@ async fn open<C: AsyncRead + AsyncWrite + Unpin>(
     key.attach(&conn.cancel);
     let mut out = BytesMut::with_capacity(512);
     messages::auth_ok(&mut out);
-    for (name, value) in &conn.params {
-        messages::parameter_status(&mut out, name, value);
-    }
+    conn.params.put_status_messages(&mut out);
     messages::backend_key_data(&mut out, key.pid, key.secret());
     messages::ready_for_query(&mut out, b'I');
     if client.write_all(&out).await.is_err() {

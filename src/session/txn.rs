@@ -1237,7 +1237,7 @@ impl<'a> TxnSession<'a> {
                 let name = String::from_utf8_lossy(name).into_owned();
                 let value = String::from_utf8_lossy(value).into_owned();
                 if let Some(conn) = self.backend.as_mut() {
-                    crate::auth::backend::set_param(&mut conn.conn().params, &name, &value);
+                    conn.conn().params.set(&name, &value);
                 }
                 if front_owner == Some(Owner::Proxy) {
                     return Ok(ServerAction::Swallow);

@@ -4,12 +4,17 @@
 //! The plain lines read exactly like tracing-subscriber's default ("full") format without
 //! colour, but are written directly: with a line at login and one at logout, the default
 //! formatter's calendar arithmetic and styling machinery were the largest part of what a new
-//! connection cost the proxy.
+//! connection cost the proxy. Fields (of lines and of the connection's span) are written the
+//! same way: the default field formatter runs every name and `=` through its styling code even
+//! with colour off.
 
 use std::fmt;
+use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
@@ -28,7 +33,11 @@ pub fn init(format: LogFormat) {
         LogFormat::Text if std::io::IsTerminal::is_terminal(&std::io::stderr()) => {
             builder.try_init()
         }
-        LogFormat::Text => builder.with_ansi(false).event_format(PlainLine).try_init(),
+        LogFormat::Text => builder
+            .with_ansi(false)
+            .fmt_fields(PlainFields)
+            .event_format(PlainLine)
+            .try_init(),
         // The connection span's fields (id, peer, tenant, user) go with every line.
         LogFormat::Json => builder.json().with_current_span(true).try_init(),
     };
@@ -72,6 +81,164 @@ where
         writer.write_str(": ")?;
         ctx.format_fields(writer.by_ref(), event)?;
         writer.write_char('\n')
+    }
+}
+
+/// `name=value` fields separated by spaces, as tracing-subscriber's default field formatter
+/// writes them without colour: values in their `Debug` form, the message bare (with terminal
+/// control characters escaped), an error with its chain of sources.
+pub struct PlainFields;
+
+impl<'a> MakeVisitor<Writer<'a>> for PlainFields {
+    type Visitor = PlainVisitor<'a>;
+
+    fn make_visitor(&self, writer: Writer<'a>) -> PlainVisitor<'a> {
+        PlainVisitor {
+            writer,
+            is_empty: true,
+            result: Ok(()),
+        }
+    }
+}
+
+/// Writes one set of fields for [`PlainFields`].
+pub struct PlainVisitor<'a> {
+    writer: Writer<'a>,
+    is_empty: bool,
+    result: fmt::Result,
+}
+
+impl PlainVisitor<'_> {
+    /// The space between fields.
+    fn pad(&mut self) -> fmt::Result {
+        if self.is_empty {
+            self.is_empty = false;
+            Ok(())
+        } else {
+            self.writer.write_char(' ')
+        }
+    }
+}
+
+impl Visit for PlainVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.record_debug(field, &format_args!("{value}"))
+        } else {
+            self.record_debug(field, &value)
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        let sanitize = self.writer.sanitizes_ansi_escapes();
+        match value.source() {
+            Some(source) => {
+                let name = field.name();
+                let sources = SourceList(source, sanitize);
+                let error = Escaped(format_args!("{value}"), sanitize);
+                self.record_debug(field, &format_args!("{error} {name}.sources={sources}"))
+            }
+            None => self.record_debug(
+                field,
+                &format_args!("{}", Escaped(format_args!("{value}"), sanitize)),
+            ),
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if self.result.is_err() {
+            return;
+        }
+        let name = field.name();
+        // Metadata of records from the `log` crate, already in the line's target.
+        if name.starts_with("log.") {
+            return;
+        }
+        let sanitize = self.writer.sanitizes_ansi_escapes();
+        self.result = self.pad().and_then(|()| match name {
+            "message" => write!(self.writer, "{:?}", Escaped(value, sanitize)),
+            name => {
+                let name = name.strip_prefix("r#").unwrap_or(name);
+                write!(self.writer, "{name}={value:?}")
+            }
+        });
+    }
+}
+
+impl VisitOutput<fmt::Result> for PlainVisitor<'_> {
+    fn finish(self) -> fmt::Result {
+        self.result
+    }
+}
+
+impl VisitFmt for PlainVisitor<'_> {
+    fn writer(&mut self) -> &mut dyn fmt::Write {
+        &mut self.writer
+    }
+}
+
+/// A value with the terminal control characters a log line must not carry (ESC, BEL, BS, FF,
+/// DEL and the C1 range) written as escapes, when `.1` says so.
+struct Escaped<T>(T, bool);
+
+impl<T: fmt::Debug> fmt::Debug for Escaped<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.1 {
+            write!(EscapingWriter(f), "{:?}", self.0)
+        } else {
+            write!(f, "{:?}", self.0)
+        }
+    }
+}
+
+impl<T: fmt::Display> fmt::Display for Escaped<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.1 {
+            write!(EscapingWriter(f), "{}", self.0)
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
+}
+
+struct EscapingWriter<'a, 'b>(&'a mut fmt::Formatter<'b>);
+
+impl fmt::Write for EscapingWriter<'_, '_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        // 0xC2 leads every C1 character (and some others, which the loop writes unchanged).
+        if !s
+            .bytes()
+            .any(|b| matches!(b, 0x07 | 0x08 | 0x0c | 0x1b | 0x7f | 0xc2))
+        {
+            return self.0.write_str(s);
+        }
+        for ch in s.chars() {
+            match ch {
+                '\x1b' => self.0.write_str("\\x1b")?,
+                '\x07' => self.0.write_str("\\x07")?,
+                '\x08' => self.0.write_str("\\x08")?,
+                '\x0c' => self.0.write_str("\\x0c")?,
+                '\x7f' => self.0.write_str("\\x7f")?,
+                '\u{80}'..='\u{9f}' => write!(self.0, "\\u{{{:x}}}", ch as u32)?,
+                _ => self.0.write_char(ch)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An error and its sources as a list, each escaped.
+struct SourceList<'a>(&'a (dyn std::error::Error + 'static), bool);
+
+impl fmt::Display for SourceList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut list = f.debug_list();
+        let mut next = Some(self.0);
+        while let Some(e) = next {
+            list.entry(&Escaped(format_args!("{e}"), self.1));
+            next = e.source();
+        }
+        list.finish()
     }
 }
 
@@ -174,6 +341,22 @@ mod tests {
         }
     }
 
+    /// An error with an optional source, for the error field format.
+    #[derive(Debug)]
+    struct Failure<'a>(&'static str, Option<&'a Failure<'a>>);
+
+    impl fmt::Display for Failure<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Failure<'static> {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.map(|e| e as &(dyn std::error::Error + 'static))
+        }
+    }
+
     #[derive(Clone, Default)]
     struct Captured(Arc<Mutex<Vec<u8>>>);
 
@@ -202,6 +385,20 @@ mod tests {
             let _h = inner.enter();
             tracing::warn!(waited_ms = 12, reason = ?"full", "pool \"busy\"");
             tracing::error!("no fields");
+            static CAUSE: Failure<'static> = Failure("socket \x1b[31mgone\u{85}", None);
+            static FAILURE: Failure<'static> = Failure("login failed", Some(&CAUSE));
+            tracing::warn!(
+                error = &FAILURE as &(dyn std::error::Error + 'static),
+                alone = &CAUSE as &(dyn std::error::Error + 'static),
+                r#type = "x",
+                ok = true,
+                ratio = 0.5,
+                delta = -3i64,
+                peer = %"10.0.0.1:5432",
+                quoted = "a\"b\\c\nd",
+                "message with \x07 bell, \x7f del, \u{9b} csi and \x1b escape, not é or \u{a0}"
+            );
+            tracing::info!(first = "only fields", second = 2);
             drop(_h);
             drop(_g);
             tracing::info!(target: "pgtenant::server", end = "ClientLeft", "outside any span");
@@ -209,7 +406,8 @@ mod tests {
             tracing::debug!("d");
         };
         if plain {
-            tracing::subscriber::with_default(builder.event_format(PlainLine).finish(), emit);
+            let builder = builder.fmt_fields(PlainFields).event_format(PlainLine);
+            tracing::subscriber::with_default(builder.finish(), emit);
         } else {
             tracing::subscriber::with_default(builder.finish(), emit);
         }
@@ -232,6 +430,18 @@ mod tests {
             ),
             "{ours}"
         );
-        assert_eq!(ours.lines().count(), 5);
+        assert!(
+            ours.contains(
+                "error=login failed error.sources=[socket \\x1b[31mgone\\u{85}] \
+                 alone=socket \\x1b[31mgone\\u{85} type=\"x\" ok=true ratio=0.5 delta=-3 \
+                 peer=10.0.0.1:5432 quoted=\"a\\\"b\\\\c\\nd\""
+            ),
+            "{ours}"
+        );
+        assert!(
+            ours.contains("\\x07 bell, \\x7f del, \\u{9b} csi and \\x1b escape, not é or \u{a0}"),
+            "{ours}"
+        );
+        assert_eq!(ours.lines().count(), 7);
     }
 }

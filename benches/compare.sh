@@ -66,8 +66,9 @@ pids+=("$BOUNCER_PID")
 # A process's time on a CPU in nanoseconds, all threads: the scheduler's exact count
 # (/proc/PID/task/*/schedstat). The user and system ticks of /proc/PID/stat are samples taken
 # at each clock tick; a proxy that runs in bursts of tens of microseconds collects only a few
-# dozen of them in a -C run, so their count alone varies by ±15% from run to run.
-cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{ s += $1 } END { printf "%.0f", s }'; }
+# dozen of them in a -C run, so their count alone varies by ±15% from run to run. (A thread that
+# ends between the two readings drops out of the sum: both proxies run on one thread here.)
+cpu_ns() { { cat /proc/"$1"/task/*/schedstat 2>/dev/null || true; } | awk '{ s += $1 } END { printf "%.0f", s }'; }
 split_ticks() { awk '{printf "user=%s sys=%s ", $14, $15}' "/proc/$1/stat"; awk '/^voluntary_ctxt_switches/ {print "switches=" $2}' "/proc/$1/status"; }
 
 # pgbench arguments of a row: workload, protocol mode, clients, and -C for the connection row.

@@ -352,9 +352,7 @@ async fn handle_client(
     };
     let offer = listener.tls.acceptor();
     let mut early = BytesMut::new();
-    let Some(hs) = first_packets(socket, &mut early, login.deadline, offer.is_some())
-        .instrument(span.clone())
-        .await
+    let Some(hs) = first_packets(socket, &mut early, login.deadline, offer.is_some(), &span).await
     else {
         return;
     };
@@ -399,10 +397,7 @@ async fn serve_tls(tcp: TcpStream, acceptor: Arc<tokio_rustls::TlsAcceptor>, log
         goodbye: Box::new(move || goodbye(&shared, &kick)),
     };
     let mut early = BytesMut::new();
-    let Some(hs) = first_packets(&mut tls, &mut early, login.deadline, false)
-        .instrument(span.clone())
-        .await
-    else {
+    let Some(hs) = first_packets(&mut tls, &mut early, login.deadline, false, span).await else {
         return;
     };
     login.serve(&mut tls, hs, early, sni).await;
@@ -474,25 +469,28 @@ impl Login<'_> {
     }
 }
 
-/// The handshake under the login deadline; `None` when the client was answered or left.
+/// The handshake under the login deadline; `None` when the client was answered or left. Not
+/// run inside `span` (entering and leaving it at each poll costs more than the handshake's own
+/// work): its lines name it as their parent.
 async fn first_packets<S: AsyncRead + AsyncWrite + Unpin>(
     socket: &mut S,
     early: &mut BytesMut,
     deadline: tokio::time::Instant,
     offer_tls: bool,
+    span: &Span,
 ) -> Option<Handshake> {
     match tokio::time::timeout_at(deadline, handshake::negotiate(socket, early, offer_tls)).await {
         Err(_) => {
-            tracing::info!("client sent no startup packet in time");
+            tracing::info!(parent: span, "client sent no startup packet in time");
             write_error(socket, &ClientError::protocol("startup timed out")).await;
             None
         }
         Ok(Err(HandshakeError::Io(e))) => {
-            tracing::debug!(error = %e, "client left during startup");
+            tracing::debug!(parent: span, error = %e, "client left during startup");
             None
         }
         Ok(Err(HandshakeError::Rejected(e))) => {
-            tracing::info!(error = %e, "startup rejected");
+            tracing::info!(parent: span, error = %e, "startup rejected");
             write_error(socket, &e).await;
             None
         }

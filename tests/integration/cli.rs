@@ -297,6 +297,18 @@ async fn json_logs_carry_one_line_per_connection_start_and_end_without_secrets()
     })
     .await;
     assert!(served);
+    // A startup packet with an unknown protocol code: refused during the handshake.
+    let mut raw = tokio::net::TcpStream::connect(addr).await.expect("raw");
+    tokio::io::AsyncWriteExt::write_all(&mut raw, &[0, 0, 0, 8, 0x12, 0x34, 0x56, 0x78])
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut answer),
+    )
+    .await;
+    assert_eq!(answer.first(), Some(&b'E'), "refused with an ErrorResponse");
     tokio::time::sleep(Duration::from_millis(200)).await;
     sigterm(&child, libc::SIGTERM);
     let log = tokio::task::spawn_blocking(move || {
@@ -339,6 +351,20 @@ async fn json_logs_carry_one_line_per_connection_start_and_end_without_secrets()
         "one end line per start line\n{log}"
     );
     assert!(ended[0]["fields"]["duration_ms"].is_u64(), "{log}");
+    // Lines from the handshake carry the connection's fields too.
+    let rejected: Vec<_> = lines
+        .iter()
+        .filter(|v| message(v) == "startup rejected")
+        .collect();
+    assert_eq!(rejected.len(), 1, "{log}");
+    assert!(rejected[0]["span"]["id"].is_u64(), "{log}");
+    assert!(
+        rejected[0]["span"]["peer"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("127.0.0.1:"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

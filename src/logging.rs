@@ -156,7 +156,11 @@ impl Visit for PlainVisitor<'_> {
         }
         let sanitize = self.writer.sanitizes_ansi_escapes();
         self.result = self.pad().and_then(|()| match name {
-            "message" => write!(self.writer, "{:?}", Escaped(value, sanitize)),
+            "message" => write!(
+                self.writer,
+                "{}",
+                Escaped(format_args!("{value:?}"), sanitize)
+            ),
             name => {
                 let name = name.strip_prefix("r#").unwrap_or(name);
                 write!(self.writer, "{name}={value:?}")
@@ -180,16 +184,6 @@ impl VisitFmt for PlainVisitor<'_> {
 /// A value with the terminal control characters a log line must not carry (ESC, BEL, BS, FF,
 /// DEL and the C1 range) written as escapes, when `.1` says so.
 struct Escaped<T>(T, bool);
-
-impl<T: fmt::Debug> fmt::Debug for Escaped<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.1 {
-            write!(EscapingWriter(f), "{:?}", self.0)
-        } else {
-            write!(f, "{:?}", self.0)
-        }
-    }
-}
 
 impl<T: fmt::Display> fmt::Display for Escaped<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -235,7 +229,7 @@ impl fmt::Display for SourceList<'_> {
         let mut list = f.debug_list();
         let mut next = Some(self.0);
         while let Some(e) = next {
-            list.entry(&Escaped(format_args!("{e}"), self.1));
+            list.entry(&format_args!("{}", Escaped(format_args!("{e}"), self.1)));
             next = e.source();
         }
         list.finish()

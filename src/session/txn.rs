@@ -1179,11 +1179,7 @@ impl<'a> TxnSession<'a> {
                 let room = HIGH_WATER - (self.cout.len() + self.sin_fwd);
                 let run = complete_run(&self.sin[self.sin_fwd..], b'D', room);
                 if run > 0 {
-                    let owner = match self.expect.front() {
-                        Some(Expect::Reply { owner, .. }) => Some(*owner),
-                        _ => None,
-                    };
-                    let action = ServerAction::for_owner(owner);
+                    let action = ServerAction::for_owner(self.front_reply().1);
                     self.take_server_bytes(run, matches!(action, ServerAction::Forward));
                     self.flush_locals();
                     moved = true;
@@ -1219,13 +1215,18 @@ impl<'a> TxnSession<'a> {
         &self.sin[self.sin_fwd..]
     }
 
+    /// The reply the queue expects next and whose it is, when a reply is next.
+    fn front_reply(&self) -> (Option<Reply>, Option<Owner>) {
+        match self.expect.front() {
+            Some(Expect::Reply { reply, owner, .. }) => (Some(*reply), Some(*owner)),
+            _ => (None, None),
+        }
+    }
+
     /// Decides what one backend message (header at the front of `sin`; whole if decoded) does
     /// to the queue and whether it reaches the client.
     fn server_message(&mut self, tag: u8, len: usize) -> Result<ServerAction, TxnEnd> {
-        let (front_reply, front_owner) = match self.expect.front() {
-            Some(Expect::Reply { reply, owner, .. }) => (Some(*reply), Some(*owner)),
-            _ => (None, None),
-        };
+        let (front_reply, front_owner) = self.front_reply();
         match tag {
             // Asynchronous: notices and notifications always reach the client.
             b'N' | b'A' => Ok(ServerAction::Forward),

@@ -1,7 +1,7 @@
 # Sourced by the benchmark scripts: a throwaway cluster with a pgbench database `bench` owned by
 # role `bench`, and the pgtenant config that fronts it. Defines PGBIN, work, PG_PORT, PASSWORD,
-# pids (killed on exit), as_pg, free_port, write_pgtenant_config, bench_verifier and
-# write_pgbouncer_config.
+# pids (killed on exit), as_pg, free_port, write_pgtenant_config, add_txn_tenant, bench_verifier
+# and write_pgbouncer_config.
 #
 #   start_bench_cluster NAME SCALE [extra postgres -c options]
 
@@ -33,6 +33,21 @@ start_bench_cluster() {
   "$PGBIN/psql" -qX -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "CREATE ROLE bench LOGIN PASSWORD '$PASSWORD'" \
     -c "CREATE DATABASE bench OWNER bench" postgres
   "$PGBIN/pgbench" -i -q -s "$scale" -h 127.0.0.1 -p "$PG_PORT" -U bench bench 2>/dev/null
+}
+
+# add_txn_tenant VERIFIER: appends tenant `bench_txn` (the same database, transaction pooling,
+# user bench with that SCRAM verifier) to $work/pgtenant.toml.
+add_txn_tenant() {
+  cat >> "$work/pgtenant.toml" <<TOML
+[[tenants]]
+slug = "bench_txn"
+server = "local"
+database = "bench"
+pool_mode = "transaction"
+[[tenants.users]]
+name = "bench"
+password_hash = "$1"
+TOML
 }
 
 # write_pgtenant_config BINARY PORT [extra TOML before the servers]: $work/pgtenant.toml with

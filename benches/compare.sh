@@ -9,8 +9,10 @@
 #   DURATION=30 REPEAT=5 CLIENTS=16 bash benches/compare.sh
 #   ROWS="txn-simple connect" bash benches/compare.sh   # a subset of rows
 #   PGTENANT_BIN=/tmp/pgtenant-before bash benches/compare.sh   # another build (A/B runs)
+#   PGO=1 bash benches/compare.sh                # the profile-guided build (benches/pgo.sh)
 #
-# Installs pgbouncer with apt-get when missing; builds pgtenant in release mode.
+# Installs pgbouncer with apt-get when missing; builds pgtenant in release mode (with PGO=1,
+# through benches/pgo.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,8 +27,15 @@ POOL=$((CLIENTS + 4))
 if ! command -v pgbouncer >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
 fi
-BIN=${PGTENANT_BIN:-target/release/pgtenant}
-[ -n "${PGTENANT_BIN:-}" ] || cargo build --release --quiet
+if [ -n "${PGTENANT_BIN:-}" ]; then
+  BIN=$PGTENANT_BIN
+elif [ -n "${PGO:-}" ]; then
+  bash benches/pgo.sh >/dev/null
+  BIN=target/pgo/release/pgtenant
+else
+  cargo build --release --quiet
+  BIN=target/release/pgtenant
+fi
 
 source benches/bench-cluster.sh
 start_bench_cluster bench "$SCALE" -c max_connections=200 -c shared_buffers=256MB
@@ -46,16 +55,7 @@ worker_threads = ${WORKERS:-1}
 log_connections = ${LOG_CONNECTIONS:-true}
 [pool]
 size = $POOL"
-cat >> "$work/pgtenant.toml" <<TOML
-[[tenants]]
-slug = "bench_txn"
-server = "local"
-database = "bench"
-pool_mode = "transaction"
-[[tenants.users]]
-name = "bench"
-password_hash = "$VERIFIER"
-TOML
+add_txn_tenant "$VERIFIER"
 PGTENANT_LOG=${PGTENANT_LOG:-info} "$BIN" serve --config "$work/pgtenant.toml" >"$work/pgtenant.log" 2>&1 &
 pids+=($!)
 sleep 1
@@ -99,7 +99,7 @@ run_row() { # target port pid row
   # shellcheck disable=SC2046
   out=$("$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench $(row_args "$label") -j 2 -T "$DURATION" "$db" 2>&1) || ok=0
   [ "$pid" != "-" ] && after=$(cpu_ns "$pid")
-  [ -n "${SPLIT:-}" ] && [ "$pid" != "-" ] && echo "$name $(split_ticks "$pid")" >&2
+  if [ -n "${SPLIT:-}" ] && [ "$pid" != "-" ]; then echo "$name $(split_ticks "$pid")" >&2; fi
   local txns tps lat failed
   txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
   failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out")
@@ -115,7 +115,7 @@ run_row() { # target port pid row
     cpu=$(awk -v t=$((after - before)) -v n="$txns" 'BEGIN { printf "%.1f", t / 1000 / n }')
   fi
   echo "$name $label ${tps:-0} ${lat:-0} ${cpu} ${RUN:-0}" >> "$work/results"
-  [ -n "${VERBOSE:-}" ] && echo "run ${RUN:-0}: $name $label tps ${tps:-0} cpu ${cpu}" >&2
+  if [ -n "${VERBOSE:-}" ]; then echo "run ${RUN:-0}: $name $label tps ${tps:-0} cpu ${cpu}" >&2; fi
 }
 
 echo

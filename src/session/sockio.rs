@@ -2,8 +2,9 @@
 //! readiness registration on every call (cooperative budget, the waiter lock, the waker check),
 //! even when the socket has data. A plain TCP socket is read and written here with one system
 //! call while tokio says it is ready, and the task's waker is registered only when it has nothing
-//! (or no room): about 4% fewer instructions per transaction (benches/instructions.sh). TLS
-//! streams go through tokio's traits as before.
+//! (or no room): about 4% fewer instructions per transaction (benches/instructions.sh); a relay
+//! that reads the same socket on every wake-up keeps a [`ReadArm`], so that the waker is stored
+//! once per wake-up, not once per look. TLS streams go through tokio's traits as before.
 
 use std::io::{self, Read};
 use std::pin::Pin;
@@ -28,22 +29,78 @@ pub trait RelayIo {
 
     /// Writes some of `out`: how much, or Pending (waker registered) while there is no room.
     fn poll_send(&mut self, cx: &mut Context<'_>, out: &[u8]) -> Poll<io::Result<usize>>;
+
+    /// [`RelayIo::poll_fill`] for a task that reads the stream over and over: `arm` remembers
+    /// that the task's waker is already stored for the stream's read readiness. Streams that do
+    /// not keep it read as `poll_fill` does.
+    fn poll_fill_armed(
+        &mut self,
+        cx: &mut Context<'_>,
+        into: &mut BytesMut,
+        arm: &mut ReadArm,
+    ) -> Poll<io::Result<usize>> {
+        let _ = arm;
+        self.poll_fill(cx, into)
+    }
+}
+
+/// Which task waker, if any, a socket's read readiness holds since its last empty check.
+///
+/// A relay task polls both of its sockets each time it wakes, but only one of them woke it: the
+/// other one still holds the task's waker, and storing it again costs tokio a lock and a
+/// comparison (about 110 instructions, a few times per transaction). While the arm names the
+/// polling task's waker and tokio has reported no readiness since it was stored, the read
+/// answers Pending at once. Readiness is only set by the reactor, which takes the stored waker
+/// as it sets it, so a socket that has become readable is always read. The arm must start
+/// disarmed whenever the socket may have been read elsewhere (a pooled connection's new user).
+#[derive(Debug, Default)]
+pub struct ReadArm(Option<(usize, usize)>);
+
+impl ReadArm {
+    /// Forgets any stored waker: the next empty read stores the waker again.
+    pub fn disarm(&mut self) {
+        self.0 = None;
+    }
+
+    fn holds(&self, cx: &Context<'_>) -> bool {
+        self.0 == Some(waker_identity(cx))
+    }
+
+    fn arm(&mut self, cx: &Context<'_>) {
+        self.0 = Some(waker_identity(cx));
+    }
+}
+
+fn waker_identity(cx: &Context<'_>) -> (usize, usize) {
+    let waker = cx.waker();
+    (waker.data() as usize, waker.vtable() as *const _ as usize)
 }
 
 impl RelayIo for TcpStream {
     fn poll_fill(&mut self, cx: &mut Context<'_>, into: &mut BytesMut) -> Poll<io::Result<usize>> {
-        let start = into.len();
-        let spare = into.spare_capacity_mut();
-        let room = spare.len();
-        let n = ready!(recv_when_ready(self, cx, room, |sock| sock.recv(spare)))?;
-        // SAFETY: recv wrote the first `n` bytes of the spare capacity.
-        unsafe { into.set_len(start + n) };
-        Poll::Ready(Ok(n))
+        self.poll_fill_armed(cx, into, &mut ReadArm::default())
     }
 
     fn poll_read_into(&mut self, cx: &mut Context<'_>, into: &mut [u8]) -> Poll<io::Result<usize>> {
         let room = into.len();
-        recv_when_ready(self, cx, room, |mut sock| sock.read(into))
+        recv_when_ready(self, cx, room, &mut ReadArm::default(), |mut sock| {
+            sock.read(into)
+        })
+    }
+
+    fn poll_fill_armed(
+        &mut self,
+        cx: &mut Context<'_>,
+        into: &mut BytesMut,
+        arm: &mut ReadArm,
+    ) -> Poll<io::Result<usize>> {
+        let start = into.len();
+        let spare = into.spare_capacity_mut();
+        let room = spare.len();
+        let n = ready!(recv_when_ready(self, cx, room, arm, |sock| sock.recv(spare)))?;
+        // SAFETY: recv wrote the first `n` bytes of the spare capacity.
+        unsafe { into.set_len(start + n) };
+        Poll::Ready(Ok(n))
     }
 
     fn poll_send(&mut self, cx: &mut Context<'_>, out: &[u8]) -> Poll<io::Result<usize>> {
@@ -62,15 +119,17 @@ impl RelayIo for TcpStream {
 }
 
 /// One `recv` (through `read`, into `room` bytes of space) while tokio says the socket is
-/// readable; otherwise the waker is registered.
+/// readable; otherwise the waker is registered (unless `arm` says it already is).
 fn recv_when_ready(
     stream: &TcpStream,
     cx: &mut Context<'_>,
     room: usize,
+    arm: &mut ReadArm,
     mut read: impl FnMut(&Socket) -> io::Result<usize>,
 ) -> Poll<io::Result<usize>> {
     loop {
         let mut drained = None;
+        let mut looked = false;
         let sock = SockRef::from(stream);
         // `try_io` notes tokio's readiness before the closure runs and clears exactly that
         // readiness when the closure says WouldBlock, so an event the reactor records meanwhile
@@ -78,6 +137,7 @@ fn recv_when_ready(
         // next call registers the waker instead of asking the kernel again (the rule tokio's own
         // poll_read follows on epoll).
         let got = stream.try_io(Interest::READABLE, || {
+            looked = true;
             let n = read(&sock)?;
             if n > 0 && n < room {
                 drained = Some(n);
@@ -85,12 +145,33 @@ fn recv_when_ready(
             }
             Ok(n)
         });
+        // Readiness seen means the reactor took the stored waker; none seen since this task's
+        // waker was stored means it is still there.
+        if looked {
+            arm.disarm();
+        }
         return match (got, drained) {
             (_, Some(n)) | (Ok(n), None) => Poll::Ready(Ok(n)),
             (Err(e), None) => match e.kind() {
                 io::ErrorKind::WouldBlock => {
-                    ready!(stream.poll_read_ready(cx))?;
-                    continue;
+                    if !looked && arm.holds(cx) {
+                        return Poll::Pending;
+                    }
+                    // With its budget spent the task is woken to run again later and no waker
+                    // is stored: nothing to remember then.
+                    let stores = tokio::task::coop::has_budget_remaining();
+                    match stream.poll_read_ready(cx) {
+                        Poll::Pending => {
+                            if stores {
+                                arm.arm(cx);
+                            }
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(ready) => {
+                            ready?;
+                            continue;
+                        }
+                    }
                 }
                 io::ErrorKind::Interrupted => continue,
                 _ => Poll::Ready(Err(e)),
@@ -141,6 +222,18 @@ impl RelayIo for BackendStream {
         match self {
             BackendStream::Plain(s) => s.poll_send(cx, out),
             BackendStream::Tls(_) => Pin::new(self).poll_write(cx, out),
+        }
+    }
+
+    fn poll_fill_armed(
+        &mut self,
+        cx: &mut Context<'_>,
+        into: &mut BytesMut,
+        arm: &mut ReadArm,
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            BackendStream::Plain(s) => s.poll_fill_armed(cx, into, arm),
+            BackendStream::Tls(_) => fill_via_tokio(self, cx, into),
         }
     }
 }
@@ -209,13 +302,111 @@ mod tests {
                 .expect("read");
             (n, buf)
         });
+        let (n, buf) = sent_later(reader, &mut theirs, b"second").await;
+        assert_eq!((n, &buf[..]), (6, &b"firstsecond"[..]));
+    }
+
+    /// Sends `bytes` once the spawned `reader` has had time to wait for them, and returns what
+    /// it read (at most 5 s: a lost wake-up fails here).
+    async fn sent_later(
+        reader: tokio::task::JoinHandle<(usize, BytesMut)>,
+        theirs: &mut TcpStream,
+        bytes: &[u8],
+    ) -> (usize, BytesMut) {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        theirs.write_all(b"second").await.expect("write");
-        let (n, buf) = tokio::time::timeout(Duration::from_secs(5), reader)
+        theirs.write_all(bytes).await.expect("write");
+        tokio::time::timeout(Duration::from_secs(5), reader)
             .await
             .expect("the reader was woken")
-            .expect("reader task");
-        assert_eq!((n, &buf[..]), (6, &b"firstsecond"[..]));
+            .expect("reader task")
+    }
+
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl Count {
+        fn get(&self) -> usize {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+
+        /// Lets the reactor run until this waker has been woken `times` times (at most 5 s).
+        async fn woken(&self, times: usize, what: &str) {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while self.get() < times {
+                assert!(tokio::time::Instant::now() < deadline, "{what}");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+
+    fn fill_armed(
+        s: &mut TcpStream,
+        into: &mut BytesMut,
+        arm: &mut ReadArm,
+        waker: &std::sync::Arc<Count>,
+    ) -> Poll<io::Result<usize>> {
+        let waker = std::task::Waker::from(waker.clone());
+        s.poll_fill_armed(&mut Context::from_waker(&waker), into, arm)
+    }
+
+    #[tokio::test]
+    async fn an_armed_read_still_wakes_its_task_and_a_new_waker_is_stored() {
+        let (mut ours, mut theirs) = pair().await;
+        let mut buf = BytesMut::with_capacity(1024);
+        let mut arm = ReadArm::default();
+        let first = std::sync::Arc::new(Count::default());
+        // Stored once, then known to be stored.
+        assert!(fill_armed(&mut ours, &mut buf, &mut arm, &first).is_pending());
+        assert!(fill_armed(&mut ours, &mut buf, &mut arm, &first).is_pending());
+        theirs.write_all(b"one").await.expect("write");
+        first.woken(1, "the armed task was woken").await;
+        let got = fill_armed(&mut ours, &mut buf, &mut arm, &first);
+        assert!(matches!(got, Poll::Ready(Ok(3))), "{got:?}");
+        // The wake-up used the stored waker: the next empty read stores it again.
+        assert!(fill_armed(&mut ours, &mut buf, &mut arm, &first).is_pending());
+        theirs.write_all(b"two").await.expect("write");
+        first.woken(2, "the task was woken again").await;
+        let got = fill_armed(&mut ours, &mut buf, &mut arm, &first);
+        assert!(matches!(got, Poll::Ready(Ok(3))), "{got:?}");
+        // Another task's waker is stored although the arm holds the first one's.
+        assert!(fill_armed(&mut ours, &mut buf, &mut arm, &first).is_pending());
+        let second = std::sync::Arc::new(Count::default());
+        assert!(fill_armed(&mut ours, &mut buf, &mut arm, &second).is_pending());
+        theirs.write_all(b"six").await.expect("write");
+        second.woken(1, "the second task was woken").await;
+        let got = fill_armed(&mut ours, &mut buf, &mut arm, &second);
+        assert!(matches!(got, Poll::Ready(Ok(3))), "{got:?}");
+        assert_eq!(&buf[..], b"onetwosix");
+    }
+
+    #[tokio::test]
+    async fn a_read_refused_for_budget_is_not_remembered_as_waiting() {
+        let (mut ours, mut theirs) = pair().await;
+        let reader = tokio::spawn(async move {
+            let mut buf = BytesMut::with_capacity(1024);
+            let mut arm = ReadArm::default();
+            // Spend the task's budget without yielding: the read then stores no waker.
+            while tokio::task::coop::has_budget_remaining() {
+                tokio::task::coop::consume_budget().await;
+            }
+            let n = poll_fn(|cx| ours.poll_fill_armed(cx, &mut buf, &mut arm))
+                .await
+                .expect("read");
+            (n, buf)
+        });
+        let (n, buf) = sent_later(reader, &mut theirs, b"late").await;
+        assert_eq!((n, &buf[..]), (4, &b"late"[..]));
     }
 
     #[tokio::test]

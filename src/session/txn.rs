@@ -22,7 +22,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use super::cancel::CancelKey;
 use super::prepared::{self, ClientStatements, MAX_STATEMENTS_PER_CLIENT, Statement};
 use super::relay::{Passes, Waiting};
-use super::sockio::RelayIo;
+use super::sockio::{ReadArm, RelayIo};
 use super::spare;
 use super::tracking::{Classified, Settings, classify, statements};
 use crate::config::SessionStatePolicy;
@@ -201,6 +201,10 @@ pub struct TxnSession<'a> {
     /// The last Parse text classified as plain: drivers send the same text in an unnamed Parse
     /// for every execution, and a comparison is cheaper than classifying it again.
     plain_sql: Vec<u8>,
+    /// Whether this task's waker waits on the client's socket (see [`ReadArm`]).
+    client_arm: ReadArm,
+    /// The same for the backend connection's socket; disarmed for each connection taken.
+    server_arm: ReadArm,
     /// The backend is in copy-in mode (CopyInResponse seen, client's CopyDone/CopyFail not yet).
     copy_in: bool,
     skipping: bool,
@@ -260,6 +264,8 @@ impl<'a> TxnSession<'a> {
             pinned: None,
             waiting_query: None,
             plain_sql: Vec::new(),
+            client_arm: ReadArm::default(),
+            server_arm: ReadArm::default(),
             copy_in: false,
             skipping: false,
             poisoned: false,
@@ -356,7 +362,7 @@ impl<'a> TxnSession<'a> {
                 && self.cin.len() < HIGH_WATER
                 && self.sout.len() < HIGH_WATER
             {
-                match read_some(cx, client, &mut self.cin) {
+                match read_some(cx, client, &mut self.cin, &mut self.client_arm) {
                     Poll::Pending => waiting.client_read = true,
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         self.client_done = true;
@@ -399,7 +405,12 @@ impl<'a> TxnSession<'a> {
                 && self.cout.len() + self.sin_fwd < HIGH_WATER
                 && let Some(conn) = self.backend.as_mut()
             {
-                match read_some(cx, &mut conn.conn().stream, &mut self.sin) {
+                match read_some(
+                    cx,
+                    &mut conn.conn().stream,
+                    &mut self.sin,
+                    &mut self.server_arm,
+                ) {
                     Poll::Pending => waiting.server_read = true,
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         return Poll::Ready(self.server_gone());
@@ -524,6 +535,7 @@ impl<'a> TxnSession<'a> {
             });
         }
         self.backend = Some(conn);
+        self.server_arm.disarm();
         self.counts.begin();
     }
 
@@ -1463,11 +1475,12 @@ fn read_some<R: RelayIo>(
     cx: &mut Context<'_>,
     from: &mut R,
     into: &mut BytesMut,
+    arm: &mut ReadArm,
 ) -> Poll<std::io::Result<usize>> {
     if into.capacity() - into.len() < READ_CHUNK / 4 {
         into.reserve(READ_CHUNK);
     }
-    from.poll_fill(cx, into)
+    from.poll_fill_armed(cx, into, arm)
 }
 
 /// Length of the whole `tag` messages at the front of `buf`, stopping once `room` bytes are

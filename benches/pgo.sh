@@ -28,15 +28,17 @@ BIN=target/pgo-gen/release/pgtenant
 
 source benches/bench-cluster.sh
 start_bench_cluster pgo 2 -c max_connections=100
+trap 'cleanup_bench_cluster; rm -rf "$raw"' EXIT
 cp benches/rows-100.sql "$work/rows-100.sql"
 PORT=$(free_port)
 write_pgtenant_config "$BIN" "$PORT" "[pool]
 size = 10"
 add_txn_tenant "$(bench_verifier)"
 # The instrumented binary writes its profile when it exits: it is stopped with SIGTERM below
-# (a graceful shutdown), not left to the cleanup's kill.
+# (a graceful shutdown) before the profile is merged; the cleanup only kills it after a failure.
 PGTENANT_LOG=info "$BIN" serve --config "$work/pgtenant.toml" >"$work/pgtenant.log" 2>&1 &
 proxy=$!
+pids+=("$proxy")
 for _ in $(seq 100); do "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PORT" && break; sleep 0.1; done
 
 train() { # database, pgbench arguments
@@ -56,5 +58,4 @@ wait "$proxy" || true
 
 "$profdata" merge -o "$raw/pgtenant.profdata" "$raw"
 RUSTFLAGS="-Cprofile-use=$raw/pgtenant.profdata" cargo build --release --quiet --target-dir target/pgo
-rm -rf "$raw"
 echo "target/pgo/release/pgtenant (profile-guided build)"

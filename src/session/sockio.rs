@@ -21,27 +21,22 @@ use crate::tls::TlsClient;
 /// A byte stream the relays read and write.
 pub trait RelayIo {
     /// Appends what the peer sent to `into` (which has spare room): `Ok(0)` at the end of the
-    /// stream, Pending (the task's waker registered) when nothing has come.
-    fn poll_fill(&mut self, cx: &mut Context<'_>, into: &mut BytesMut) -> Poll<io::Result<usize>>;
+    /// stream, Pending (the task's waker registered) when nothing has come. `arm` remembers that
+    /// the task's waker is already stored for the stream's read readiness, for a task that reads
+    /// the stream over and over (a fresh one for a single read); streams that do not keep
+    /// readiness ignore it.
+    fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        into: &mut BytesMut,
+        arm: &mut ReadArm,
+    ) -> Poll<io::Result<usize>>;
 
     /// [`RelayIo::poll_fill`] into a slice (the session relay's ring buffer).
     fn poll_read_into(&mut self, cx: &mut Context<'_>, into: &mut [u8]) -> Poll<io::Result<usize>>;
 
     /// Writes some of `out`: how much, or Pending (waker registered) while there is no room.
     fn poll_send(&mut self, cx: &mut Context<'_>, out: &[u8]) -> Poll<io::Result<usize>>;
-
-    /// [`RelayIo::poll_fill`] for a task that reads the stream over and over: `arm` remembers
-    /// that the task's waker is already stored for the stream's read readiness. Streams that do
-    /// not keep it read as `poll_fill` does.
-    fn poll_fill_armed(
-        &mut self,
-        cx: &mut Context<'_>,
-        into: &mut BytesMut,
-        arm: &mut ReadArm,
-    ) -> Poll<io::Result<usize>> {
-        let _ = arm;
-        self.poll_fill(cx, into)
-    }
 }
 
 /// Which task waker, if any, a socket's read readiness holds since its last empty check.
@@ -77,10 +72,6 @@ fn waker_identity(cx: &Context<'_>) -> (usize, usize) {
 }
 
 impl RelayIo for TcpStream {
-    fn poll_fill(&mut self, cx: &mut Context<'_>, into: &mut BytesMut) -> Poll<io::Result<usize>> {
-        self.poll_fill_armed(cx, into, &mut ReadArm::default())
-    }
-
     fn poll_read_into(&mut self, cx: &mut Context<'_>, into: &mut [u8]) -> Poll<io::Result<usize>> {
         let room = into.len();
         recv_when_ready(self, cx, room, &mut ReadArm::default(), |mut sock| {
@@ -88,7 +79,7 @@ impl RelayIo for TcpStream {
         })
     }
 
-    fn poll_fill_armed(
+    fn poll_fill(
         &mut self,
         cx: &mut Context<'_>,
         into: &mut BytesMut,
@@ -190,7 +181,12 @@ impl ViaTokio for TlsClient {}
 impl ViaTokio for tokio::io::DuplexStream {}
 
 impl<T: ViaTokio> RelayIo for T {
-    fn poll_fill(&mut self, cx: &mut Context<'_>, into: &mut BytesMut) -> Poll<io::Result<usize>> {
+    fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        into: &mut BytesMut,
+        _: &mut ReadArm,
+    ) -> Poll<io::Result<usize>> {
         fill_via_tokio(self, cx, into)
     }
 
@@ -204,9 +200,14 @@ impl<T: ViaTokio> RelayIo for T {
 }
 
 impl RelayIo for BackendStream {
-    fn poll_fill(&mut self, cx: &mut Context<'_>, into: &mut BytesMut) -> Poll<io::Result<usize>> {
+    fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        into: &mut BytesMut,
+        arm: &mut ReadArm,
+    ) -> Poll<io::Result<usize>> {
         match self {
-            BackendStream::Plain(s) => s.poll_fill(cx, into),
+            BackendStream::Plain(s) => s.poll_fill(cx, into, arm),
             BackendStream::Tls(_) => fill_via_tokio(self, cx, into),
         }
     }
@@ -222,18 +223,6 @@ impl RelayIo for BackendStream {
         match self {
             BackendStream::Plain(s) => s.poll_send(cx, out),
             BackendStream::Tls(_) => Pin::new(self).poll_write(cx, out),
-        }
-    }
-
-    fn poll_fill_armed(
-        &mut self,
-        cx: &mut Context<'_>,
-        into: &mut BytesMut,
-        arm: &mut ReadArm,
-    ) -> Poll<io::Result<usize>> {
-        match self {
-            BackendStream::Plain(s) => s.poll_fill_armed(cx, into, arm),
-            BackendStream::Tls(_) => fill_via_tokio(self, cx, into),
         }
     }
 }
@@ -275,15 +264,22 @@ mod tests {
 
     /// Waits (at most 5 s) for `s` to append to `into`.
     async fn fill(s: &mut TcpStream, into: &mut BytesMut, what: &str) -> usize {
-        tokio::time::timeout(Duration::from_secs(5), poll_fn(|cx| s.poll_fill(cx, into)))
-            .await
-            .expect(what)
-            .expect("read")
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            poll_fn(|cx| s.poll_fill(cx, into, &mut ReadArm::default())),
+        )
+        .await
+        .expect(what)
+        .expect("read")
     }
 
     fn fill_now(s: &mut TcpStream, into: &mut BytesMut) -> Poll<io::Result<usize>> {
         let waker = std::task::Waker::noop();
-        s.poll_fill(&mut Context::from_waker(waker), into)
+        s.poll_fill(
+            &mut Context::from_waker(waker),
+            into,
+            &mut ReadArm::default(),
+        )
     }
 
     #[tokio::test]
@@ -297,7 +293,7 @@ mod tests {
         assert!(fill_now(&mut ours, &mut buf).is_pending());
         // What comes later wakes the waiting task (a lost wake-up would time out here).
         let reader = tokio::spawn(async move {
-            let n = poll_fn(|cx| ours.poll_fill(cx, &mut buf))
+            let n = poll_fn(|cx| ours.poll_fill(cx, &mut buf, &mut ReadArm::default()))
                 .await
                 .expect("read");
             (n, buf)
@@ -357,7 +353,7 @@ mod tests {
         waker: &std::sync::Arc<Count>,
     ) -> Poll<io::Result<usize>> {
         let waker = std::task::Waker::from(waker.clone());
-        s.poll_fill_armed(&mut Context::from_waker(&waker), into, arm)
+        s.poll_fill(&mut Context::from_waker(&waker), into, arm)
     }
 
     #[tokio::test]
@@ -400,7 +396,7 @@ mod tests {
             while tokio::task::coop::has_budget_remaining() {
                 tokio::task::coop::consume_budget().await;
             }
-            let n = poll_fn(|cx| ours.poll_fill_armed(cx, &mut buf, &mut arm))
+            let n = poll_fn(|cx| ours.poll_fill(cx, &mut buf, &mut arm))
                 .await
                 .expect("read");
             (n, buf)
@@ -433,7 +429,7 @@ mod tests {
             let mut got = BytesMut::new();
             loop {
                 got.reserve(64 * 1024);
-                match poll_fn(|cx| theirs.poll_fill(cx, &mut got))
+                match poll_fn(|cx| theirs.poll_fill(cx, &mut got, &mut ReadArm::default()))
                     .await
                     .expect("read")
                 {

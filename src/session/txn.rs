@@ -1480,7 +1480,7 @@ fn read_some<R: RelayIo>(
     if into.capacity() - into.len() < READ_CHUNK / 4 {
         into.reserve(READ_CHUNK);
     }
-    from.poll_fill_armed(cx, into, arm)
+    from.poll_fill(cx, into, arm)
 }
 
 /// Length of the whole `tag` messages at the front of `buf`, stopping once `room` bytes are

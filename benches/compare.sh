@@ -10,6 +10,11 @@
 #   ROWS="txn-simple connect" bash benches/compare.sh   # a subset of rows
 #   PGTENANT_BIN=/tmp/pgtenant-before bash benches/compare.sh   # another build (A/B runs)
 #   PGO=1 bash benches/compare.sh                # the profile-guided build (benches/pgo.sh)
+#   DIRECT=0 REPEAT=12 ROWS="txn-simple connect" bash benches/compare.sh  # proxies only, more pairs
+#
+# Each run puts the two proxies back to back; the summary pairs them run by run and counts the
+# runs pgtenant won (less CPU per transaction, more tps), with a one-sided sign test: the chance
+# of winning that many of the pairs or more if neither proxy were better.
 #
 # Installs pgbouncer with apt-get when missing; builds pgtenant in release mode (with PGO=1,
 # through benches/pgo.sh).
@@ -126,7 +131,7 @@ echo
 for label in $ROWS; do
   for i in $(seq "$REPEAT"); do
     RUN=$i
-    run_row direct "$PG_PORT" - "$label"
+    if [ "${DIRECT:-1}" != 0 ]; then run_row direct "$PG_PORT" - "$label"; fi
     # Alternate which proxy goes first, so neither always runs on a warmer machine.
     if [ $((i % 2)) -eq 1 ]; then
       run_row pgbouncer "$BOUNCER_PORT" "$BOUNCER_PID" "$label"
@@ -138,7 +143,7 @@ for label in $ROWS; do
   done
 done
 python3 - "$work/results" "$ROWS" <<'PY'
-import statistics, sys
+import math, statistics, sys
 rows, runs = {}, {}
 for line in open(sys.argv[1]):
     name, label, tps, lat, cpu, run = line.split()
@@ -173,8 +178,14 @@ for label in labels:
             print(f"{label}: pgbouncer failed, pgtenant {med(t['tps']):.0f} tps")
         continue
     # Each run pairs the two proxies back to back, so their ratio cancels drift between runs.
-    paired = sorted(v["pgtenant"][0] / v["pgbouncer"][0] for (l, _), v in runs.items()
-                    if l == label and len(v) == 2)
+    pairs = [v for (l, _), v in runs.items() if l == label and len(v) == 2]
+    cpu = sorted(v["pgtenant"][0] / v["pgbouncer"][0] for v in pairs)
+    tps = sorted(v["pgtenant"][1] / v["pgbouncer"][1] for v in pairs)
+    n = len(pairs)
+    # One-sided sign test: P(at least k wins of n) when each pair is a coin toss.
+    p = lambda k: sum(math.comb(n, i) for i in range(k, n + 1)) / 2 ** n
+    cpu_wins, tps_wins = sum(r < 1 for r in cpu), sum(r > 1 for r in tps)
     print(f"{label}: pgtenant/pgbouncer tps {med(t['tps'])/med(b['tps']):.2f}, CPU per txn {med(t['cpu'])/med(b['cpu']):.2f}"
-          f" (paired runs: median {med(paired):.2f}, range {paired[0]:.2f}-{paired[-1]:.2f})")
+          f" (paired runs: CPU median {med(cpu):.2f}, range {cpu[0]:.2f}-{cpu[-1]:.2f}, less CPU in {cpu_wins}/{n}, p={p(cpu_wins):.3f};"
+          f" tps median {med(tps):.2f}, range {tps[0]:.2f}-{tps[-1]:.2f}, more tps in {tps_wins}/{n}, p={p(tps_wins):.3f})")
 PY

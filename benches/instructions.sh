@@ -6,10 +6,14 @@
 #   POOL_MODE=transaction bash benches/instructions.sh  # transaction pooling
 #   TARGET=pgbouncer POOL_MODE=transaction bash benches/instructions.sh  # the same for pgbouncer
 #   SCRIPT=rows.sql bash benches/instructions.sh        # a pgbench script instead of -S
+#   CLIENTS=16 PGBENCH_ARGS="-M extended" bash benches/instructions.sh  # more clients, other args
+#   KEEP=1 VALGRIND_ARGS=--cache-sim=yes bash benches/instructions.sh  # also cache misses; keeps
+#                                                    # /tmp/cg-1000.out and /tmp/cg-6000.out
 #
-# Runs pgbench -S (4 clients, session mode) through the proxy under callgrind twice, with 1,000
-# and 6,000 transactions per client, and divides the difference by 20,000, so connection set-up
-# (SCRAM, backend login) cancels out. Needs valgrind (apt-get install valgrind).
+# Runs pgbench -S (CLIENTS clients, default 4; session mode) through the proxy under callgrind
+# twice, with 1,000 and 6,000 transactions per client, and divides the difference by the
+# 5,000 x CLIENTS transactions between them, so connection set-up (SCRAM, backend login) cancels
+# out. Needs valgrind (apt-get install valgrind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-target/release/pgtenant}
@@ -18,6 +22,7 @@ command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq
 source benches/bench-cluster.sh
 start_bench_cluster instr 1
 WORKLOAD=-S
+CLIENTS=${CLIENTS:-4}
 if [ -n "${SCRIPT:-}" ]; then
   cp "$SCRIPT" "$work/script.sql" && chmod 644 "$work/script.sql" && WORKLOAD="-f $work/script.sql"
 fi
@@ -38,8 +43,9 @@ mode = \"${POOL_MODE:-session}\""
   fi
   # (pgbouncer refuses to run as root: as_pg runs it, and valgrind, as postgres.)
   local as=(); [ "${TARGET:-pgtenant}" = pgbouncer ] && as=(as_pg)
+  # shellcheck disable=SC2086
   PGTENANT_LOG=${PGTENANT_LOG:-info} "${as[@]}" valgrind --tool=callgrind \
-    --callgrind-out-file="$work/cg.out" "${run[@]}" >"$work/valgrind.log" 2>&1 &
+    --callgrind-out-file="$work/cg.out" ${VALGRIND_ARGS:-} "${run[@]}" >"$work/valgrind.log" 2>&1 &
   # valgrind's own process (not runuser's, whose command line also names the output file).
   local vpid=""
   for _ in $(seq 100); do
@@ -48,11 +54,11 @@ mode = \"${POOL_MODE:-session}\""
   done
   for _ in $(seq 100); do "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$port" && break; sleep 0.2; done
   # shellcheck disable=SC2086
-  "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench $WORKLOAD ${PGBENCH_ARGS:--c 4} -t "$1" bench >/dev/null 2>&1
+  "$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench $WORKLOAD -c "$CLIENTS" ${PGBENCH_ARGS:-} -t "$1" bench >/dev/null 2>&1
   kill -INT "$vpid"; while kill -0 "$vpid" 2>/dev/null; do sleep 0.2; done
   [ -n "${KEEP:-}" ] && cp "$work/cg.out" "/tmp/cg-$1.out"
   callgrind_annotate "$work/cg.out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }'
 }
 small=$(instructions 1000)
 large=$(instructions 6000)
-echo "${TARGET:-pgtenant} user-space instructions per transaction (pgbench ${SCRIPT:--S}, ${POOL_MODE:-session} mode): $(( (large - small) / 20000 ))"
+echo "${TARGET:-pgtenant} user-space instructions per transaction (pgbench ${SCRIPT:--S}, ${POOL_MODE:-session} mode): $(( (large - small) / (5000 * CLIENTS) ))"

@@ -182,6 +182,9 @@ for label in labels:
     cpu = sorted(v["pgtenant"][0] / v["pgbouncer"][0] for v in pairs)
     tps = sorted(v["pgtenant"][1] / v["pgbouncer"][1] for v in pairs)
     n = len(pairs)
+    if n == 0:  # no run where both proxies got through
+        print(f"{label}: pgtenant/pgbouncer tps {med(t['tps'])/med(b['tps']):.2f}, no paired runs")
+        continue
     # One-sided sign test: P(at least k wins of n) when each pair is a coin toss.
     p = lambda k: sum(math.comb(n, i) for i in range(k, n + 1)) / 2 ** n
     cpu_wins, tps_wins = sum(r < 1 for r in cpu), sum(r > 1 for r in tps)

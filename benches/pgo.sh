@@ -23,10 +23,12 @@ if [ -z "$profdata" ]; then
 fi
 
 raw=$(mktemp -d /tmp/pgtenant-pgo.XXXXXX)
+trap 'rm -rf "$raw"' EXIT
 RUSTFLAGS="-Cprofile-generate=$raw" cargo build --release --quiet --target-dir target/pgo-gen
 BIN=target/pgo-gen/release/pgtenant
 
 source benches/bench-cluster.sh
+# (start_bench_cluster sets its own cleanup as the exit trap: the profile directory joins it.)
 start_bench_cluster pgo 2 -c max_connections=100
 trap 'cleanup_bench_cluster; rm -rf "$raw"' EXIT
 cp benches/rows-100.sql "$work/rows-100.sql"

@@ -11,6 +11,8 @@
 #   PGTENANT_BIN=/tmp/pgtenant-before bash benches/compare.sh   # another build (A/B runs)
 #   PGO=1 bash benches/compare.sh                # the profile-guided build (benches/pgo.sh)
 #   DIRECT=0 REPEAT=12 ROWS="txn-simple connect" bash benches/compare.sh  # proxies only, more pairs
+#   RATE=8000 ROWS="txn-simple" bash benches/compare.sh  # pgbench -R: the same load for both,
+#                                                # below what either can take (CPU at equal work)
 #
 # Each run puts the two proxies back to back; the summary pairs them run by run and counts the
 # runs pgtenant won (less CPU per transaction, more tps), with a one-sided sign test: the chance
@@ -102,7 +104,7 @@ run_row() { # target port pid row
   fi
   local out ok=1
   # shellcheck disable=SC2046
-  out=$("$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench $(row_args "$label") -j 2 -T "$DURATION" "$db" 2>&1) || ok=0
+  out=$("$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench $(row_args "$label") ${RATE:+-R "$RATE"} -j 2 -T "$DURATION" "$db" 2>&1) || ok=0
   [ "$pid" != "-" ] && after=$(cpu_ns "$pid")
   if [ -n "${SPLIT:-}" ] && [ "$pid" != "-" ]; then echo "$name $(split_ticks "$pid")" >&2; fi
   local txns tps lat failed

@@ -149,6 +149,11 @@ pub struct ProxyConfig {
     pub resolve: Vec<ResolveStrategy>,
     /// Time a client has from TCP accept to the end of authentication.
     pub startup_timeout_ms: u64,
+    /// Linux: the kernel hands a new connection to the proxy only once its first bytes (the
+    /// startup packet) have arrived, or after this many seconds (`TCP_DEFER_ACCEPT`, as
+    /// pgbouncer's `tcp_defer_accept`): one wake-up per connection fewer, and a client that
+    /// connects and says nothing holds no proxy slot meanwhile. 0 turns it off.
+    pub tcp_defer_accept_secs: u32,
     /// Clients served at once across all tenants (53300 beyond).
     pub max_client_connections: usize,
     /// How long a new client of a paused tenant, or a transaction held by PAUSE, waits.
@@ -190,6 +195,7 @@ impl Default for ProxyConfig {
                 ResolveStrategy::Options,
             ],
             startup_timeout_ms: 10_000,
+            tcp_defer_accept_secs: 45,
             max_client_connections: 10_000,
             pause_timeout_ms: 30_000,
             reset_timeout_ms: 5_000,
@@ -485,6 +491,10 @@ impl Config {
             ("proxy.resolve", resolve.join(", ")),
             ("proxy.startup_timeout_ms", x.startup_timeout_ms.to_string()),
             (
+                "proxy.tcp_defer_accept_secs",
+                x.tcp_defer_accept_secs.to_string(),
+            ),
+            (
                 "proxy.max_client_connections",
                 x.max_client_connections.to_string(),
             ),
@@ -571,6 +581,9 @@ impl Config {
         }
         if self.proxy.resolve.is_empty() {
             return bad("proxy.resolve must name at least one strategy".into());
+        }
+        if self.proxy.tcp_defer_accept_secs > 3600 {
+            return bad("proxy.tcp_defer_accept_secs must be at most 3600".into());
         }
         if self.proxy.worker_threads == 0 || self.proxy.worker_threads > 1024 {
             return bad("proxy.worker_threads must be between 1 and 1024".into());

@@ -6,10 +6,12 @@
 //! formatter's calendar arithmetic and styling machinery were the largest part of what a new
 //! connection cost the proxy. Fields (of lines and of the connection's span) are written the
 //! same way: the default field formatter runs every name and `=` through its styling code even
-//! with colour off.
+//! with colour off. Integers, booleans, plain strings and client addresses ([`PeerAddr`]) skip
+//! the formatting machinery altogether: every connection's span and two lines carry several.
 
 use std::fmt;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
@@ -118,15 +120,77 @@ impl PlainVisitor<'_> {
             self.writer.write_char(' ')
         }
     }
+
+    /// Starts a field that is not the message: the space before it and `name=`. None for a field
+    /// that is not written (the `log` crate's metadata, already in the line's target).
+    fn start(&mut self, field: &Field) -> Option<fmt::Result> {
+        let name = field.name();
+        if self.result.is_err() || name.starts_with("log.") {
+            return None;
+        }
+        let name = name.strip_prefix("r#").unwrap_or(name);
+        Some(
+            self.pad()
+                .and_then(|()| self.writer.write_str(name))
+                .and_then(|()| self.writer.write_char('=')),
+        )
+    }
+
+    /// An integer field, written without the formatting machinery (a login logs several).
+    fn record_integer(&mut self, field: &Field, negative: bool, magnitude: u64) {
+        if field.name() == "message" {
+            return self.record_debug(field, &format_args!("{}{magnitude}", sign(negative)));
+        }
+        if let Some(started) = self.start(field) {
+            self.result = started
+                .and_then(|()| self.writer.write_str(sign(negative)))
+                .and_then(|()| write_decimal(&mut self.writer, magnitude));
+        }
+    }
 }
 
 impl Visit for PlainVisitor<'_> {
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.record_integer(field, false, value)
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.record_integer(field, value < 0, value.unsigned_abs())
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if field.name() == "message" {
+            return self.record_debug(field, &value);
+        }
+        if let Some(started) = self.start(field) {
+            self.result = started.and_then(|()| self.writer.write_str(bool_text(value)));
+        }
+    }
+
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
-            self.record_debug(field, &format_args!("{value}"))
-        } else {
-            self.record_debug(field, &value)
+            // Written bare; with nothing to escape, as it is.
+            if !value.bytes().any(needs_escape) && self.result.is_ok() {
+                self.result = self.pad().and_then(|()| self.writer.write_str(value));
+                return;
+            }
+            return self.record_debug(field, &format_args!("{value}"));
         }
+        // `Debug` quotes a string and escapes quotes, backslashes and what is not printable
+        // ASCII; a string with none of those is written quoted as it is.
+        if value
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+        {
+            if let Some(started) = self.start(field) {
+                self.result = started
+                    .and_then(|()| self.writer.write_char('"'))
+                    .and_then(|()| self.writer.write_str(value))
+                    .and_then(|()| self.writer.write_char('"'));
+            }
+            return;
+        }
+        self.record_debug(field, &value)
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
@@ -146,26 +210,22 @@ impl Visit for PlainVisitor<'_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if self.result.is_err() {
-            return;
-        }
-        let name = field.name();
-        // Metadata of records from the `log` crate, already in the line's target.
-        if name.starts_with("log.") {
-            return;
-        }
-        let sanitize = self.writer.sanitizes_ansi_escapes();
-        self.result = self.pad().and_then(|()| match name {
-            "message" => write!(
-                self.writer,
-                "{}",
-                Escaped(format_args!("{value:?}"), sanitize)
-            ),
-            name => {
-                let name = name.strip_prefix("r#").unwrap_or(name);
-                write!(self.writer, "{name}={value:?}")
+        if field.name() == "message" {
+            if self.result.is_ok() {
+                let sanitize = self.writer.sanitizes_ansi_escapes();
+                self.result = self.pad().and_then(|()| {
+                    if sanitize {
+                        write!(EscapingWriter(&mut self.writer), "{value:?}")
+                    } else {
+                        write!(self.writer, "{value:?}")
+                    }
+                });
             }
-        });
+            return;
+        }
+        if let Some(started) = self.start(field) {
+            self.result = started.and_then(|()| write!(self.writer, "{value:?}"));
+        }
     }
 }
 
@@ -195,15 +255,18 @@ impl<T: fmt::Display> fmt::Display for Escaped<T> {
     }
 }
 
-struct EscapingWriter<'a, 'b>(&'a mut fmt::Formatter<'b>);
+/// Writes through to `.0`, escaping as [`Escaped`] says.
+struct EscapingWriter<W>(W);
 
-impl fmt::Write for EscapingWriter<'_, '_> {
+/// True for a byte that may begin something [`EscapingWriter`] escapes: 0xC2 leads every C1
+/// character (and some others, which it writes unchanged).
+fn needs_escape(b: u8) -> bool {
+    matches!(b, 0x07 | 0x08 | 0x0c | 0x1b | 0x7f | 0xc2)
+}
+
+impl<W: fmt::Write> fmt::Write for EscapingWriter<W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        // 0xC2 leads every C1 character (and some others, which the loop writes unchanged).
-        if !s
-            .bytes()
-            .any(|b| matches!(b, 0x07 | 0x08 | 0x0c | 0x1b | 0x7f | 0xc2))
-        {
+        if !s.bytes().any(needs_escape) {
             return self.0.write_str(s);
         }
         for ch in s.chars() {
@@ -233,6 +296,53 @@ impl fmt::Display for SourceList<'_> {
             next = e.source();
         }
         list.finish()
+    }
+}
+
+fn sign(negative: bool) -> &'static str {
+    if negative { "-" } else { "" }
+}
+
+fn bool_text(value: bool) -> &'static str {
+    if value { "true" } else { "false" }
+}
+
+/// `value` in decimal, as `{value}` writes it.
+fn write_decimal(out: &mut impl fmt::Write, mut value: u64) -> fmt::Result {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.write_str(std::str::from_utf8(&digits[at..]).unwrap_or("?"))
+}
+
+/// A client's address as a log field: the same text as `SocketAddr`'s `Display`, written
+/// without the formatting machinery for IPv4 (every connection's span carries one).
+pub struct PeerAddr(pub SocketAddr);
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let SocketAddr::V4(v4) = self.0 else {
+            return fmt::Display::fmt(&self.0, f);
+        };
+        if f.width().is_some() || f.precision().is_some() {
+            return fmt::Display::fmt(&self.0, f);
+        }
+        for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+            if i > 0 {
+                f.write_char('.')?;
+            }
+            write_decimal(f, u64::from(octet))?;
+        }
+        f.write_char(':')?;
+        write_decimal(f, u64::from(v4.port()))
     }
 }
 
@@ -335,6 +445,22 @@ mod tests {
         }
     }
 
+    #[test]
+    fn peer_addresses_read_as_socket_addresses_do() {
+        for text in [
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "127.0.0.1:5432",
+            "10.20.30.40:6432",
+            "[::1]:6432",
+            "[2001:db8::17]:1",
+        ] {
+            let addr: SocketAddr = text.parse().expect("address");
+            assert_eq!(PeerAddr(addr).to_string(), addr.to_string());
+            assert_eq!(format!("{:>24}", PeerAddr(addr)), format!("{addr:>24}"));
+        }
+    }
+
     /// An error with an optional source, for the error field format.
     #[derive(Debug)]
     struct Failure<'a>(&'static str, Option<&'a Failure<'a>>);
@@ -393,6 +519,19 @@ mod tests {
                 "message with \x07 bell, \x7f del, \u{9b} csi and \x1b escape, not é or \u{a0}"
             );
             tracing::info!(first = "only fields", second = 2);
+            tracing::info!(
+                big = u64::MAX,
+                small = i64::MIN,
+                zero = 0u64,
+                text = "plain text: ~!",
+                accent = "café",
+                tab = "a\tb",
+                off = false,
+                peer = %PeerAddr("10.1.2.3:65535".parse().expect("address")),
+                r#loop = 1u8,
+                "a &str message"
+            );
+            tracing::info!(message = "message \x1b given as a str", n = 1);
             drop(_h);
             drop(_g);
             tracing::info!(target: "pgtenant::server", end = "ClientLeft", "outside any span");
@@ -436,6 +575,15 @@ mod tests {
             ours.contains("\\x07 bell, \\x7f del, \\u{9b} csi and \\x1b escape, not é or \u{a0}"),
             "{ours}"
         );
-        assert_eq!(ours.lines().count(), 7);
+        assert!(
+            ours.contains(
+                "big=18446744073709551615 small=-9223372036854775808 zero=0 \
+                 text=\"plain text: ~!\" accent=\"café\" tab=\"a\\tb\" off=false \
+                 peer=10.1.2.3:65535 loop=1"
+            ),
+            "{ours}"
+        );
+        assert!(ours.contains("message \\x1b given as a str n=1"), "{ours}");
+        assert_eq!(ours.lines().count(), 9);
     }
 }

@@ -41,6 +41,7 @@ const RESTART_ONLY: &[&str] = &[
     "proxy.worker_threads",
     "proxy.log_format",
     "proxy.max_client_connections",
+    "proxy.tcp_defer_accept_secs",
     "catalog",
     "metrics",
 ];
@@ -67,6 +68,7 @@ fn reload_from(shared: &Shared, path: &Path) -> Result<ReloadReport, ReloadError
     new.proxy.worker_threads = old.proxy.worker_threads;
     new.proxy.log_format = old.proxy.log_format;
     new.proxy.max_client_connections = old.proxy.max_client_connections;
+    new.proxy.tcp_defer_accept_secs = old.proxy.tcp_defer_accept_secs;
     new.catalog = old.catalog.clone();
     new.metrics = old.metrics.clone();
     // Certificates are re-read from the running listeners' files (renewed in place); all must

@@ -136,6 +136,7 @@ pub async fn start(config: Config) -> std::io::Result<ProxyHandle> {
     let mut addrs = Vec::new();
     for (l, tls) in config.listeners.iter().zip(tls) {
         let listener = TcpListener::bind(l.address).await?;
+        defer_accept(&listener, config.proxy.tcp_defer_accept_secs)?;
         let addr = listener.local_addr()?;
         let offers_tls = tls.acceptor().is_some();
         tracing::info!(%addr, auth = ?l.auth, tls = offers_tls, tls_required = tls.required, "listening");
@@ -228,6 +229,32 @@ async fn run(
     shared.pools.close_all();
 }
 
+/// Sets `TCP_DEFER_ACCEPT` on a listening socket (see `proxy.tcp_defer_accept_secs`); 0 leaves
+/// it off. Elsewhere than Linux the option does not exist and nothing is set.
+fn defer_accept(listener: &TcpListener, secs: u32) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    if secs > 0 {
+        use std::os::fd::AsRawFd;
+        let value = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
+        // SAFETY: a valid descriptor owned by `listener`, and a c_int option of c_int's size.
+        let rc = unsafe {
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&raw const value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (listener, secs);
+    Ok(())
+}
+
 async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
@@ -241,7 +268,7 @@ async fn accept_loop(
                 Ok((socket, peer)) => {
                     let shared = shared.clone();
                     let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
-                    let span = tracing::info_span!("client", id, %peer, tenant = tracing::field::Empty, user = tracing::field::Empty);
+                    let span = tracing::info_span!("client", id, peer = %crate::logging::PeerAddr(peer), tenant = tracing::field::Empty, user = tracing::field::Empty);
                     let kick = Arc::new(KickSwitch::new(id, peer, shared.draining.clone(), shared.pools.proxy_pause()));
                     // Boxed: the task's cell then moves a pointer, not the connection's whole
                     // state (kilobytes), each time tokio stores or drops it.

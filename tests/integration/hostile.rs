@@ -128,8 +128,11 @@ async fn encryption_requests_are_refused_with_n_and_the_session_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_vanishing_clients_are_cut_off_without_affecting_others() {
-    let (proxy, slug) =
-        proxy("[proxy]\nstartup_timeout_ms = 300\nmax_client_connections = 50\n").await;
+    // (With deferred accept the kernel would hold the silent client instead: see below.)
+    let (proxy, slug) = proxy(
+        "[proxy]\nstartup_timeout_ms = 300\nmax_client_connections = 50\ntcp_defer_accept_secs = 0\n",
+    )
+    .await;
     let addr = proxy.addrs[0];
     // Connects and says nothing: closed after the startup timeout with an error.
     let silent = tokio::spawn(async move {
@@ -165,6 +168,32 @@ async fn silent_and_vanishing_clients_are_cut_off_without_affecting_others() {
         .expect("silent client closed in time");
     assert_eq!(error_code(&reply).as_deref(), Some("08P01"));
     assert_eq!(PROXY_PANICS.load(Ordering::SeqCst), 0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_deferred_accept_the_startup_timeout_starts_at_the_first_bytes() {
+    // The default defers accepting until the client sends something: a client silent for
+    // longer than the startup timeout is not cut off (the proxy has not seen it yet) and logs
+    // in when it speaks. Without the socket option it would get 08P01 after 300 ms, as in
+    // `silent_and_vanishing_clients_are_cut_off_without_affecting_others`.
+    let (proxy, slug) = proxy("[proxy]\nstartup_timeout_ms = 300\n").await;
+    let mut slow = TcpStream::connect(proxy.addrs[0]).await.expect("connect");
+    let mut early = [0u8; 1];
+    let silent = tokio::time::timeout(Duration::from_millis(1500), slow.read(&mut early)).await;
+    assert!(
+        silent.is_err(),
+        "the proxy answered a client it should not have accepted yet"
+    );
+    let mut raw = RawClient::login_on(slow, "app", &slug).await;
+    raw.stream
+        .write_all(&[
+            b'Q', 0, 0, 0, 13, b'S', b'E', b'L', b'E', b'C', b'T', b' ', b'1', 0,
+        ])
+        .await
+        .expect("query");
+    let (tag, _) = raw.read().await;
+    assert_eq!(tag, b'T', "row description after a late login");
     proxy.shutdown().await;
 }
 

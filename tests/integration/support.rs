@@ -417,12 +417,17 @@ pub struct RawClient {
 impl RawClient {
     /// Connects and logs in with SCRAM as `user` to database `db`.
     pub async fn login(addr: SocketAddr, user: &str, db: &str) -> RawClient {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("tcp connect");
+        RawClient::login_on(stream, user, db).await
+    }
+
+    /// Logs in with SCRAM as `user` to database `db` over a connection already open.
+    pub async fn login_on(mut stream: tokio::net::TcpStream, user: &str, db: &str) -> RawClient {
         use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
         use postgres_protocol::message::frontend;
         use tokio::io::AsyncWriteExt;
-        let mut stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .expect("tcp connect");
         let mut out = bytes::BytesMut::new();
         frontend::startup_message([("user", user), ("database", db)], &mut out).expect("startup");
         stream.write_all(&out).await.expect("send startup");

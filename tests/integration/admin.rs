@@ -307,7 +307,7 @@ async fn reload_applies_live_settings_reports_restarts_and_refuses_a_bad_file() 
     std::fs::write(
         &path,
         format!(
-            "[[listeners]]\naddress = \"127.0.0.1:1\"\n[proxy]\npause_timeout_ms = 1234\n[pool]\nsize = 7\n{base}{}",
+            "[[listeners]]\naddress = \"127.0.0.1:1\"\n[proxy]\npause_timeout_ms = 1234\ntcp_defer_accept_secs = 10\n[pool]\nsize = 7\n{base}{}",
             tenant_toml(&t2, &bed.a, &t2, "")
         ),
     )
@@ -319,6 +319,7 @@ async fn reload_applies_live_settings_reports_restarts_and_refuses_a_bad_file() 
     assert_eq!(status("proxy.pause_timeout_ms"), "applied");
     assert_eq!(status("tenants (file)"), "applied");
     assert_eq!(status("listeners"), "needs restart");
+    assert_eq!(status("proxy.tcp_defer_accept_secs"), "needs restart");
     let c2 = connect(addr, "app", &t2)
         .await
         .expect("the new tenant routes");
@@ -331,6 +332,13 @@ async fn reload_applies_live_settings_reports_restarts_and_refuses_a_bad_file() 
     assert!(
         field(row_of(&config, "key", "listeners"), "value").starts_with("127.0.0.1:0"),
         "the running listener is shown, not the one waiting for a restart"
+    );
+    assert_eq!(
+        field(
+            row_of(&config, "key", "proxy.tcp_defer_accept_secs"),
+            "value"
+        ),
+        "45"
     );
 
     // A broken file changes nothing and says where it is broken.

@@ -6,8 +6,8 @@
 //! formatter's calendar arithmetic and styling machinery were the largest part of what a new
 //! connection cost the proxy. Fields (of lines and of the connection's span) are written the
 //! same way: the default field formatter runs every name and `=` through its styling code even
-//! with colour off. Integers, booleans, plain strings and client addresses ([`PeerAddr`]) skip
-//! the formatting machinery altogether: every connection's span and two lines carry several.
+//! with colour off. Integers, plain strings and client addresses ([`PeerAddr`]) skip the
+//! formatting machinery altogether: every connection's span and two lines carry several.
 
 use std::fmt;
 use std::fmt::Write as _;
@@ -158,22 +158,8 @@ impl Visit for PlainVisitor<'_> {
         self.record_integer(field, value < 0, value.unsigned_abs())
     }
 
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        if field.name() == "message" {
-            return self.record_debug(field, &value);
-        }
-        if let Some(started) = self.start(field) {
-            self.result = started.and_then(|()| self.writer.write_str(bool_text(value)));
-        }
-    }
-
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
-            // Written bare; with nothing to escape, as it is.
-            if !value.bytes().any(needs_escape) && self.result.is_ok() {
-                self.result = self.pad().and_then(|()| self.writer.write_str(value));
-                return;
-            }
             return self.record_debug(field, &format_args!("{value}"));
         }
         // `Debug` quotes a string and escapes quotes, backslashes and what is not printable
@@ -258,15 +244,13 @@ impl<T: fmt::Display> fmt::Display for Escaped<T> {
 /// Writes through to `.0`, escaping as [`Escaped`] says.
 struct EscapingWriter<W>(W);
 
-/// True for a byte that may begin something [`EscapingWriter`] escapes: 0xC2 leads every C1
-/// character (and some others, which it writes unchanged).
-fn needs_escape(b: u8) -> bool {
-    matches!(b, 0x07 | 0x08 | 0x0c | 0x1b | 0x7f | 0xc2)
-}
-
 impl<W: fmt::Write> fmt::Write for EscapingWriter<W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        if !s.bytes().any(needs_escape) {
+        // 0xC2 leads every C1 character (and some others, which the loop writes unchanged).
+        if !s
+            .bytes()
+            .any(|b| matches!(b, 0x07 | 0x08 | 0x0c | 0x1b | 0x7f | 0xc2))
+        {
             return self.0.write_str(s);
         }
         for ch in s.chars() {
@@ -301,10 +285,6 @@ impl fmt::Display for SourceList<'_> {
 
 fn sign(negative: bool) -> &'static str {
     if negative { "-" } else { "" }
-}
-
-fn bool_text(value: bool) -> &'static str {
-    if value { "true" } else { "false" }
 }
 
 /// `value` in decimal, as `{value}` writes it.

@@ -186,14 +186,13 @@ async fn with_deferred_accept_the_startup_timeout_starts_at_the_first_bytes() {
         "the proxy answered a client it should not have accepted yet"
     );
     let mut raw = RawClient::login_on(slow, "app", &slug).await;
-    raw.stream
-        .write_all(&[
-            b'Q', 0, 0, 0, 13, b'S', b'E', b'L', b'E', b'C', b'T', b' ', b'1', 0,
-        ])
-        .await
-        .expect("query");
-    let (tag, _) = raw.read().await;
-    assert_eq!(tag, b'T', "row description after a late login");
+    let (tags, status) = raw.query("SELECT 1").await;
+    assert_eq!(
+        tags.first(),
+        Some(&b'T'),
+        "row description after a late login"
+    );
+    assert_eq!((tags, status), (b"TDC".to_vec(), b'I'));
     proxy.shutdown().await;
 }
 

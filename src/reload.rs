@@ -42,6 +42,7 @@ const RESTART_ONLY: &[&str] = &[
     "proxy.log_format",
     "proxy.max_client_connections",
     "proxy.tcp_defer_accept_secs",
+    "proxy.log_flush_ms",
     "catalog",
     "metrics",
 ];
@@ -69,6 +70,7 @@ fn reload_from(shared: &Shared, path: &Path) -> Result<ReloadReport, ReloadError
     new.proxy.log_format = old.proxy.log_format;
     new.proxy.max_client_connections = old.proxy.max_client_connections;
     new.proxy.tcp_defer_accept_secs = old.proxy.tcp_defer_accept_secs;
+    new.proxy.log_flush_ms = old.proxy.log_flush_ms;
     new.catalog = old.catalog.clone();
     new.metrics = old.metrics.clone();
     // Certificates are re-read from the running listeners' files (renewed in place); all must

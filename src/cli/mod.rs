@@ -7,6 +7,7 @@ pub mod lifecycle;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -129,7 +130,11 @@ pub fn main() -> ExitCode {
         }
     };
     let loaded = workers.map(|(c, _)| c);
-    match runtime.block_on(run(cli, loaded)) {
+    let result = runtime.block_on(run(cli, loaded));
+    // Tasks dropped with the runtime may still log; then the held lines go out.
+    drop(runtime);
+    crate::logging::batch::flush();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pgtenant: {e:#}");
@@ -219,9 +224,11 @@ async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
         let applied = migrate_catalog(&c.url).await?;
         tracing::info!(?applied, "catalog migrated");
     }
+    let flush = Duration::from_millis(config.proxy.log_flush_ms);
     let proxy = crate::server::start(config)
         .await
         .context("starting listeners")?;
+    crate::logging::batch::start(flush);
     proxy.shared.set_config_path(path);
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;

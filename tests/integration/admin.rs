@@ -307,7 +307,7 @@ async fn reload_applies_live_settings_reports_restarts_and_refuses_a_bad_file() 
     std::fs::write(
         &path,
         format!(
-            "[[listeners]]\naddress = \"127.0.0.1:1\"\n[proxy]\npause_timeout_ms = 1234\ntcp_defer_accept_secs = 10\n[pool]\nsize = 7\n{base}{}",
+            "[[listeners]]\naddress = \"127.0.0.1:1\"\n[proxy]\npause_timeout_ms = 1234\ntcp_defer_accept_secs = 10\nlog_flush_ms = 20\n[pool]\nsize = 7\n{base}{}",
             tenant_toml(&t2, &bed.a, &t2, "")
         ),
     )
@@ -320,6 +320,7 @@ async fn reload_applies_live_settings_reports_restarts_and_refuses_a_bad_file() 
     assert_eq!(status("tenants (file)"), "applied");
     assert_eq!(status("listeners"), "needs restart");
     assert_eq!(status("proxy.tcp_defer_accept_secs"), "needs restart");
+    assert_eq!(status("proxy.log_flush_ms"), "needs restart");
     let c2 = connect(addr, "app", &t2)
         .await
         .expect("the new tenant routes");
@@ -339,6 +340,10 @@ async fn reload_applies_live_settings_reports_restarts_and_refuses_a_bad_file() 
             "value"
         ),
         "45"
+    );
+    assert_eq!(
+        field(row_of(&config, "key", "proxy.log_flush_ms"), "value"),
+        "100"
     );
 
     // A broken file changes nothing and says where it is broken.

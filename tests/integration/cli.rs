@@ -272,10 +272,11 @@ async fn json_logs_carry_one_line_per_connection_start_and_end_without_secrets()
     let port = pgtenant::localpg::free_port().expect("port");
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("pgtenant.toml");
+    // Info lines held far longer than the test runs: they must still reach the log at exit.
     std::fs::write(
         &cfg,
         format!(
-            "[[listeners]]\naddress = \"127.0.0.1:{port}\"\n[proxy]\nlog_format = \"json\"\n{}{}",
+            "[[listeners]]\naddress = \"127.0.0.1:{port}\"\n[proxy]\nlog_format = \"json\"\nlog_flush_ms = 10000\n{}{}",
             bed.a.toml(SCRAM_ROLE),
             tenant_toml(&slug, &bed.a, &slug, "")
         ),

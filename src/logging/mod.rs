@@ -23,13 +23,16 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::LogFormat;
 
+pub mod batch;
+
 /// Installs the process's log subscriber (once; later calls do nothing).
 pub fn init(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGTENANT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(batch::BatchedStderr);
+    batch::flush_before_panics();
     let _ = match format {
         // Colour only on a terminal: escape codes in log files are noise.
         LogFormat::Text if std::io::IsTerminal::is_terminal(&std::io::stderr()) => {

@@ -133,7 +133,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(run(cli, loaded));
     // Tasks dropped with the runtime may still log; then the held lines go out.
     drop(runtime);
-    crate::logging::batch::flush();
+    crate::logging::batch::stop();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -224,11 +224,11 @@ async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
         let applied = migrate_catalog(&c.url).await?;
         tracing::info!(?applied, "catalog migrated");
     }
-    let flush = Duration::from_millis(config.proxy.log_flush_ms);
+    let log_flush = Duration::from_millis(config.proxy.log_flush_ms);
     let proxy = crate::server::start(config)
         .await
         .context("starting listeners")?;
-    crate::logging::batch::start(flush);
+    crate::logging::batch::start(log_flush);
     proxy.shared.set_config_path(path);
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;

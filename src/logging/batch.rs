@@ -84,6 +84,12 @@ impl<W: Write> LineBatch<W> {
         }
     }
 
+    /// Writes what is held and turns batching off: later lines are written at once.
+    pub fn stop(&self) {
+        self.batching.store(false, Ordering::Release);
+        self.flush();
+    }
+
     /// Writes what is held unless another thread holds the buffer (a panic hook must not wait).
     fn try_flush(&self) {
         if let Ok(mut held) = self.state.try_lock()
@@ -172,9 +178,9 @@ pub fn start(delay: Duration) {
     }
 }
 
-/// Writes the lines still held (at exit).
-pub fn flush() {
-    STDERR.flush();
+/// At exit: writes the lines still held, and any later line at once.
+pub fn stop() {
+    STDERR.stop();
 }
 
 /// Makes a panic message come after the lines logged before it.
@@ -286,6 +292,17 @@ mod tests {
         assert_eq!(seen(&batch).1, 0);
         batch.flush();
         assert_eq!(seen(&batch), ("last words\n".into(), 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_stop_held_lines_are_out_and_later_ones_go_at_once() {
+        let batch = batching(Duration::from_secs(10));
+        tokio::task::yield_now().await;
+        batch.push(b"held\n", false);
+        batch.stop();
+        assert_eq!(seen(&batch), ("held\n".into(), 1));
+        batch.push(b"late\n", false);
+        assert_eq!(seen(&batch), ("held\nlate\n".into(), 2));
     }
 
     #[test]

@@ -224,10 +224,12 @@ mod tests {
         )
     }
 
-    fn batching(delay: Duration) -> Arc<LineBatch<Recorder>> {
+    /// A batch whose flusher is running (and so batching) on the test's runtime.
+    async fn batching(delay: Duration) -> Arc<LineBatch<Recorder>> {
         let batch = Arc::new(LineBatch::new(Recorder::default()));
         let flusher = batch.clone();
         tokio::spawn(async move { flusher.flush_within(delay).await });
+        tokio::task::yield_now().await;
         batch
     }
 
@@ -241,8 +243,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn lines_wait_for_the_delay_then_go_out_together_in_order() {
-        let batch = batching(Duration::from_millis(100));
-        tokio::task::yield_now().await; // the flusher starts batching
+        let batch = batching(Duration::from_millis(100)).await;
         batch.push(b"one\n", false);
         batch.push(b"two\n", false);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -260,8 +261,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_warning_goes_out_at_once_after_the_lines_before_it() {
-        let batch = batching(Duration::from_secs(10));
-        tokio::task::yield_now().await;
+        let batch = batching(Duration::from_secs(10)).await;
         batch.push(b"info\n", false);
         batch.push(b"WARN\n", true);
         assert_eq!(seen(&batch), ("info\nWARN\n".into(), 1));
@@ -271,8 +271,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_full_buffer_is_written_without_waiting() {
-        let batch = batching(Duration::from_secs(10));
-        tokio::task::yield_now().await;
+        let batch = batching(Duration::from_secs(10)).await;
         let line = [b'x'; 1000];
         for _ in 0..FLUSH_BYTES / 1000 {
             batch.push(&line, false);
@@ -286,8 +285,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn flush_writes_what_is_held() {
-        let batch = batching(Duration::from_secs(10));
-        tokio::task::yield_now().await;
+        let batch = batching(Duration::from_secs(10)).await;
         batch.push(b"last words\n", false);
         assert_eq!(seen(&batch).1, 0);
         batch.flush();
@@ -296,8 +294,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn after_stop_held_lines_are_out_and_later_ones_go_at_once() {
-        let batch = batching(Duration::from_secs(10));
-        tokio::task::yield_now().await;
+        let batch = batching(Duration::from_secs(10)).await;
         batch.push(b"held\n", false);
         batch.stop();
         assert_eq!(seen(&batch), ("held\n".into(), 1));

@@ -202,13 +202,9 @@ impl Visit for PlainVisitor<'_> {
         if field.name() == "message" {
             if self.result.is_ok() {
                 let sanitize = self.writer.sanitizes_ansi_escapes();
-                self.result = self.pad().and_then(|()| {
-                    if sanitize {
-                        write!(EscapingWriter(&mut self.writer), "{value:?}")
-                    } else {
-                        write!(self.writer, "{value:?}")
-                    }
-                });
+                self.result = self
+                    .pad()
+                    .and_then(|()| write!(EscapingWriter(&mut self.writer, sanitize), "{value:?}"));
             }
             return;
         }
@@ -236,23 +232,21 @@ struct Escaped<T>(T, bool);
 
 impl<T: fmt::Display> fmt::Display for Escaped<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.1 {
-            write!(EscapingWriter(f), "{}", self.0)
-        } else {
-            write!(f, "{}", self.0)
-        }
+        write!(EscapingWriter(f, self.1), "{}", self.0)
     }
 }
 
-/// Writes through to `.0`, escaping as [`Escaped`] says.
-struct EscapingWriter<W>(W);
+/// Writes through to `.0`, escaping as [`Escaped`] says when `.1` is set.
+struct EscapingWriter<W>(W, bool);
 
 impl<W: fmt::Write> fmt::Write for EscapingWriter<W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        // 0xC2 leads every C1 character (and some others, which the loop writes unchanged).
-        if !s
-            .bytes()
-            .any(|b| matches!(b, 0x07 | 0x08 | 0x0c | 0x1b | 0x7f | 0xc2))
+        // Written as it is when not escaping or when no byte can start a control character
+        // (0xC2 leads every C1 character, and some others, which the loop writes unchanged).
+        if !self.1
+            || !s
+                .bytes()
+                .any(|b| matches!(b, 0x07 | 0x08 | 0x0c | 0x1b | 0x7f | 0xc2))
         {
             return self.0.write_str(s);
         }

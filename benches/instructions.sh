@@ -9,6 +9,8 @@
 #   CLIENTS=16 PGBENCH_ARGS="-M extended" bash benches/instructions.sh  # more clients, other args
 #   KEEP=1 VALGRIND_ARGS=--cache-sim=yes bash benches/instructions.sh  # also cache misses; keeps
 #                                                    # /tmp/cg-1000.out and /tmp/cg-6000.out
+#   CONNECT=1 CLIENTS=8 POOL_MODE=transaction bash benches/instructions.sh  # per new connection:
+#                                                    # pgbench -C, 200 and 700 per client
 #
 # Runs pgbench -S (CLIENTS clients, default 4; session mode) through the proxy under callgrind
 # twice, with 1,000 and 6,000 transactions per client, and divides the difference by the
@@ -59,6 +61,12 @@ mode = \"${POOL_MODE:-session}\""
   [ -n "${KEEP:-}" ] && cp "$work/cg.out" "/tmp/cg-$1.out"
   callgrind_annotate "$work/cg.out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }'
 }
-small=$(instructions 1000)
-large=$(instructions 6000)
-echo "${TARGET:-pgtenant} user-space instructions per transaction (pgbench ${SCRIPT:--S}, ${POOL_MODE:-session} mode): $(( (large - small) / (5000 * CLIENTS) ))"
+if [ -n "${CONNECT:-}" ]; then
+  # A login per transaction costs about 30 times a relayed one: fewer transactions, same precision.
+  PGBENCH_ARGS="${PGBENCH_ARGS:-} -C"; SMALL=200; LARGE=700; WHAT="new connection (pgbench -C)"
+else
+  SMALL=1000; LARGE=6000; WHAT="transaction"
+fi
+small=$(instructions $SMALL)
+large=$(instructions $LARGE)
+echo "${TARGET:-pgtenant} user-space instructions per $WHAT (pgbench ${SCRIPT:--S}, ${POOL_MODE:-session} mode): $(( (large - small) / ((LARGE - SMALL) * CLIENTS) ))"

@@ -1,6 +1,6 @@
-//! The accept loop: one task per client under a global connection limit, each in a span carrying
-//! its id, peer, tenant and user; a maintenance tick for the pools; and a shutdown that stops
-//! accepting, tells clients, and ends every task.
+//! The accept loop: one task per client under a global connection limit, each with a log context
+//! naming its id, peer, tenant and user; a maintenance tick for the pools; and a shutdown that
+//! stops accepting, tells clients, and ends every task.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,11 +13,11 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tracing::{Instrument, Span};
 
 use crate::config::{Config, ListenerConfig};
 use crate::error::ClientError;
 use crate::handshake::{self, Handshake, HandshakeError};
+use crate::logging::client::ClientLog;
 use crate::pool::{KickSwitch, Pools};
 use crate::protocol::messages;
 use crate::session::cancel::CancelRegistry;
@@ -268,11 +268,11 @@ async fn accept_loop(
                 Ok((socket, peer)) => {
                     let shared = shared.clone();
                     let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
-                    let span = tracing::info_span!("client", id, peer = %crate::logging::PeerAddr(peer), tenant = tracing::field::Empty, user = tracing::field::Empty);
+                    let log = ClientLog::new(id, peer);
                     let kick = Arc::new(KickSwitch::new(id, peer, shared.draining.clone(), shared.pools.proxy_pause()));
                     // Boxed: the task's cell then moves a pointer, not the connection's whole
                     // state (kilobytes), each time tokio stores or drops it.
-                    let task = Box::pin(handle_client(shared, socket, cfg.clone(), span, kick.clone()));
+                    let task = Box::pin(handle_client(shared, socket, cfg.clone(), log, kick.clone()));
                     kick.arm(clients.spawn(task));
                 }
                 Err(e) => {
@@ -345,12 +345,13 @@ impl Drop for ClientSocket {
     }
 }
 
-/// Serves one connection. The span wraps everything but the relay (see `session::serve`).
+/// Serves one connection. Its lines name it through `log`, in scope for everything but the relay
+/// (see `session::serve`).
 async fn handle_client(
     shared: Arc<Shared>,
     socket: TcpStream,
     listener: Listener,
-    span: Span,
+    log: Arc<ClientLog>,
     kick: Arc<KickSwitch>,
 ) {
     let _ = socket.set_nodelay(true);
@@ -364,7 +365,7 @@ async fn handle_client(
     };
     let started = tokio::time::Instant::now();
     let Ok(_permit) = shared.client_permits.clone().try_acquire_owned() else {
-        tracing::warn!(parent: &span, "client refused: too many clients");
+        log.in_scope(|| tracing::warn!("client refused: too many clients"));
         let limit = shared.config().proxy.max_client_connections;
         write_error(socket, &ClientError::too_many_clients(limit)).await;
         return;
@@ -374,12 +375,12 @@ async fn handle_client(
         auth: listener.config.auth,
         deadline: started + shared.config().proxy.startup_timeout(),
         started,
-        span: &span,
+        log: &log,
         kick,
     };
     let offer = listener.tls.acceptor();
     let mut early = BytesMut::new();
-    let Some(hs) = first_packets(socket, &mut early, login.deadline, offer.is_some(), &span).await
+    let Some(hs) = first_packets(socket, &mut early, login.deadline, offer.is_some(), &log).await
     else {
         return;
     };
@@ -395,7 +396,7 @@ async fn handle_client(
             }
         }
         (Handshake::Startup { .. }, _) if listener.tls.required => {
-            tracing::info!(parent: &span, "client refused: TLS required");
+            log.in_scope(|| tracing::info!("client refused: TLS required"));
             let e = ClientError::fatal(
                 crate::error::sqlstate::INVALID_AUTHORIZATION,
                 "this listener requires TLS; connect with sslmode=require",
@@ -408,11 +409,11 @@ async fn handle_client(
 
 /// The TLS handshake, then the startup packet and the session over TLS.
 async fn serve_tls(tcp: TcpStream, acceptor: Arc<tokio_rustls::TlsAcceptor>, login: Login<'_>) {
-    let span = login.span;
+    let log = login.log;
     let tls = match tokio::time::timeout_at(login.deadline, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            tracing::info!(parent: span, error = %e, "TLS handshake failed");
+            log.in_scope(|| tracing::info!(error = %e, "TLS handshake failed"));
             return;
         }
         Err(_) => return,
@@ -424,7 +425,7 @@ async fn serve_tls(tcp: TcpStream, acceptor: Arc<tokio_rustls::TlsAcceptor>, log
         goodbye: Box::new(move || goodbye(&shared, &kick)),
     };
     let mut early = BytesMut::new();
-    let Some(hs) = first_packets(&mut tls, &mut early, login.deadline, false, span).await else {
+    let Some(hs) = first_packets(&mut tls, &mut early, login.deadline, false, log).await else {
         return;
     };
     login.serve(&mut tls, hs, early, sni).await;
@@ -443,7 +444,7 @@ struct Login<'a> {
     auth: crate::config::AuthMethod,
     deadline: tokio::time::Instant,
     started: tokio::time::Instant,
-    span: &'a Span,
+    log: &'a Arc<ClientLog>,
     kick: Arc<KickSwitch>,
 }
 
@@ -456,14 +457,10 @@ impl Login<'_> {
         early: BytesMut,
         sni: Option<String>,
     ) {
-        let (shared, span) = (self.shared, self.span);
+        let (shared, log) = (self.shared, self.log);
         let params = match hs {
             Handshake::Cancel { pid, secret } => {
-                return shared
-                    .cancels
-                    .cancel(pid, &secret)
-                    .instrument(span.clone())
-                    .await;
+                return log.scope(shared.cancels.cancel(pid, &secret)).await;
             }
             // A second SSLRequest inside TLS was answered 'N' by negotiate; this cannot be.
             Handshake::Tls => return,
@@ -478,46 +475,41 @@ impl Login<'_> {
             sni,
         };
         let end = if crate::admin::wants_console(&shared.config(), &req.params) {
-            crate::admin::serve(shared, stream, req)
-                .instrument(span.clone())
-                .await
+            log.scope(crate::admin::serve(shared, stream, req)).await
         } else {
-            session::serve(shared, stream, req, span).await
+            session::serve(shared, stream, req, log).await
         };
         let ms = self.started.elapsed().as_millis() as u64;
-        match end {
+        log.in_scope(|| match end {
             SessionEnd::Refused(e) => {
-                tracing::info!(parent: span, duration_ms = ms, error = %e, "client refused")
+                tracing::info!(duration_ms = ms, error = %e, "client refused")
             }
-            other => {
-                tracing::info!(parent: span, duration_ms = ms, end = ?other, "client disconnected")
-            }
-        }
+            other => tracing::info!(duration_ms = ms, end = ?other, "client disconnected"),
+        })
     }
 }
 
 /// The handshake under the login deadline; `None` when the client was answered or left. Not
-/// run inside `span` (entering and leaving it at each poll costs more than the handshake's own
-/// work): its lines name it as their parent.
+/// run in `log`'s scope (nothing to name in it but these lines, which enter it themselves).
 async fn first_packets<S: AsyncRead + AsyncWrite + Unpin>(
     socket: &mut S,
     early: &mut BytesMut,
     deadline: tokio::time::Instant,
     offer_tls: bool,
-    span: &Span,
+    log: &Arc<ClientLog>,
 ) -> Option<Handshake> {
     match tokio::time::timeout_at(deadline, handshake::negotiate(socket, early, offer_tls)).await {
         Err(_) => {
-            tracing::info!(parent: span, "client sent no startup packet in time");
+            log.in_scope(|| tracing::info!("client sent no startup packet in time"));
             write_error(socket, &ClientError::protocol("startup timed out")).await;
             None
         }
         Ok(Err(HandshakeError::Io(e))) => {
-            tracing::debug!(parent: span, error = %e, "client left during startup");
+            log.in_scope(|| tracing::debug!(error = %e, "client left during startup"));
             None
         }
         Ok(Err(HandshakeError::Rejected(e))) => {
-            tracing::info!(parent: span, error = %e, "startup rejected");
+            log.in_scope(|| tracing::info!(error = %e, "startup rejected"));
             write_error(socket, &e).await;
             None
         }

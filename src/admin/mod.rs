@@ -41,7 +41,7 @@ pub async fn serve<C: AsyncRead + AsyncWrite + Unpin>(
         .find(|(k, _)| k == "user")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
-    tracing::Span::current().record("user", user.as_str());
+    crate::logging::client::record_names(None, &user);
     req.kick.set_user(&user);
     let stored = shared
         .config()

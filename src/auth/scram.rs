@@ -1,6 +1,8 @@
 //! The server side of SCRAM-SHA-256 (RFC 5802/7677) against a stored verifier, I/O-free: feed it
 //! the client's messages, send back what it returns. Proof checks are constant-time.
 
+use std::fmt::Write as _;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, Mac};
@@ -123,15 +125,21 @@ impl<'a> ScramServer<'a> {
             .ok_or(ScramError::Malformed("bad nonce"))?;
         let mut server_nonce = [0u8; 18];
         rand::rng().fill_bytes(&mut server_nonce);
-        let nonce = format!("{client_nonce}{}", B64.encode(server_nonce));
-        let server_first = format!(
-            "r={nonce},s={},i={}",
-            B64.encode(&verifier.salt),
-            verifier.iterations
-        );
+        // Built by appending, not `format!`: its machinery cost more than the rest of the
+        // message handling (a login per connection, benches/instructions.sh with `-C`).
+        let mut nonce = String::with_capacity(client_nonce.len() + 24);
+        nonce.push_str(client_nonce);
+        B64.encode_string(server_nonce, &mut nonce);
+        let mut server_first = String::with_capacity(nonce.len() + 64);
+        server_first.push_str("r=");
+        server_first.push_str(&nonce);
+        server_first.push_str(",s=");
+        B64.encode_string(&verifier.salt, &mut server_first);
+        let _ = write!(server_first, ",i={}", verifier.iterations);
         let exchange = ScramServer {
             verifier,
-            gs2_header: format!("{cbind},{authzid},"),
+            // The authorization identity is empty (refused above otherwise).
+            gs2_header: [cbind, ",,"].concat(),
             client_first_bare: bare.to_owned(),
             server_first: server_first.clone(),
             nonce,
@@ -166,10 +174,14 @@ impl<'a> ScramServer<'a> {
             .ok()
             .and_then(|p| p.try_into().ok())
             .ok_or(ScramError::Malformed("bad proof encoding"))?;
-        let auth_message = format!(
-            "{},{},{}",
-            self.client_first_bare, self.server_first, without_proof
-        );
+        let auth_message = [
+            &self.client_first_bare,
+            ",",
+            &self.server_first,
+            ",",
+            without_proof,
+        ]
+        .concat();
         let client_signature = hmac(&self.verifier.stored_key, auth_message.as_bytes());
         let mut client_key = proof;
         for (k, s) in client_key.iter_mut().zip(client_signature) {
@@ -180,7 +192,10 @@ impl<'a> ScramServer<'a> {
             return Err(ScramError::WrongProof);
         }
         let server_signature = hmac(&self.verifier.server_key, auth_message.as_bytes());
-        Ok(format!("v={}", B64.encode(server_signature)))
+        let mut server_final = String::with_capacity(46);
+        server_final.push_str("v=");
+        B64.encode_string(server_signature, &mut server_final);
+        Ok(server_final)
     }
 }
 

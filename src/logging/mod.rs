@@ -17,13 +17,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
-use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::LogFormat;
 
 pub mod batch;
+pub mod client;
 
 /// Installs the process's log subscriber (once; later calls do nothing).
 pub fn init(format: LogFormat) {
@@ -35,20 +36,20 @@ pub fn init(format: LogFormat) {
     batch::flush_before_panics();
     let _ = match format {
         // Colour only on a terminal: escape codes in log files are noise.
-        LogFormat::Text if std::io::IsTerminal::is_terminal(&std::io::stderr()) => {
-            builder.try_init()
-        }
         LogFormat::Text => builder
-            .with_ansi(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .fmt_fields(PlainFields)
             .event_format(PlainLine)
             .try_init(),
-        // The connection span's fields (id, peer, tenant, user) go with every line.
-        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+        LogFormat::Json => builder
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLine)
+            .try_init(),
     };
 }
 
-/// `2026-12-01T17:52:45.465983Z  INFO client{id=2 peer=…}: pgtenant::session: message k=v`
+/// `2026-12-01T17:52:45.465983Z  INFO client{id=2 peer=…}: pgtenant::session: message k=v`: the
+/// connection the line is about ([`client::ClientLog`]), then any spans, then the target.
 pub struct PlainLine;
 
 impl<S, N> FormatEvent<S, N> for PlainLine
@@ -63,11 +64,19 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        writer.write_str(timestamp(now.as_secs(), now.subsec_micros()).as_str())?;
-        writer.write_str(level(meta.level()))?;
+        writer.write_str(Timestamp::now().as_str())?;
+        if writer.has_ansi_escapes() {
+            write!(writer, " {} ", Coloured(meta.level()))?;
+        } else {
+            writer.write_str(level(meta.level()))?;
+        }
+        let client = client::with_current(|c| {
+            writer
+                .write_str("client{")
+                .and_then(|()| c.write_fields(&mut writer))
+                .and_then(|()| writer.write_str("}:"))
+        });
+        let mut prefixed = client.transpose()?.is_some();
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 writer.write_str(span.name())?;
@@ -79,7 +88,10 @@ where
                     writer.write_char('}')?;
                 }
                 writer.write_char(':')?;
+                prefixed = true;
             }
+        }
+        if prefixed {
             writer.write_char(' ')?;
         }
         writer.write_str(meta.target())?;
@@ -87,6 +99,110 @@ where
         ctx.format_fields(writer.by_ref(), event)?;
         writer.write_char('\n')
     }
+}
+
+/// A level in colour and padded to five characters, as tracing-subscriber writes it on a
+/// terminal.
+struct Coloured<'a>(&'a Level);
+
+impl fmt::Display for Coloured<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let colour = match *self.0 {
+            Level::TRACE => "35",
+            Level::DEBUG => "34",
+            Level::INFO => "32",
+            Level::WARN => "33",
+            Level::ERROR => "31",
+        };
+        write!(f, "\x1b[{colour}m{:>5}\x1b[0m", level(self.0).trim())
+    }
+}
+
+/// One JSON object per line in tracing-subscriber's JSON layout (`timestamp`, `level`,
+/// `fields`, `target`, the innermost span as `span` and all from the outermost as `spans`), the
+/// connection the line is about ([`client::ClientLog`]) being the outermost span, `client`.
+pub struct JsonLine;
+
+impl<S, N> FormatEvent<S, N> for JsonLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        writer.write_str("{\"timestamp\":\"")?;
+        writer.write_str(Timestamp::now().as_str())?;
+        let meta = event.metadata();
+        writer.write_str("\",\"level\":\"")?;
+        writer.write_str(level(meta.level()).trim())?;
+        writer.write_str("\",\"fields\":")?;
+        ctx.format_fields(writer.by_ref(), event)?;
+        writer.write_str(",\"target\":")?;
+        write_json_str(&mut writer, meta.target())?;
+        let client = |w: &mut Writer<'_>| {
+            client::with_current(|c| {
+                w.write_char('{')
+                    .and_then(|()| c.write_json_members(w))
+                    .and_then(|()| w.write_str(",\"name\":\"client\"}"))
+            })
+        };
+        // Like tracing-subscriber's, a line outside any span has neither member.
+        let in_client = client::with_current(|_| ()).is_some();
+        let innermost = ctx.event_scope().and_then(|mut scope| scope.next());
+        if innermost.is_none() && !in_client {
+            return writer.write_str("}\n");
+        }
+        writer.write_str(",\"span\":")?;
+        match &innermost {
+            Some(span) => {
+                let fields = span.extensions();
+                let fields = fields
+                    .get::<FormattedFields<N>>()
+                    .map(|f| f.fields.as_str());
+                write_json_span(&mut writer, span.name(), fields)?;
+            }
+            None => {
+                client(&mut writer).transpose()?;
+            }
+        }
+        writer.write_str(",\"spans\":[")?;
+        let mut first = client(&mut writer).transpose()?.is_none();
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                if !std::mem::take(&mut first) {
+                    writer.write_char(',')?;
+                }
+                let fields = span.extensions();
+                let fields = fields
+                    .get::<FormattedFields<N>>()
+                    .map(|f| f.fields.as_str());
+                write_json_span(&mut writer, span.name(), fields)?;
+            }
+        }
+        writer.write_str("]}\n")
+    }
+}
+
+/// A span as a JSON object: its fields (which the JSON field formatter stored as an object) and
+/// its name.
+fn write_json_span(out: &mut impl fmt::Write, name: &str, fields: Option<&str>) -> fmt::Result {
+    out.write_char('{')?;
+    let members = fields
+        .map(str::trim)
+        .and_then(|f| f.strip_prefix('{')?.strip_suffix('}'))
+        .map(str::trim)
+        .unwrap_or("");
+    if !members.is_empty() {
+        out.write_str(members)?;
+        out.write_char(',')?;
+    }
+    out.write_str("\"name\":")?;
+    write_json_str(out, name)?;
+    out.write_char('}')
 }
 
 /// `name=value` fields separated by spaces, as tracing-subscriber's default field formatter
@@ -165,21 +281,9 @@ impl Visit for PlainVisitor<'_> {
         if field.name() == "message" {
             return self.record_debug(field, &format_args!("{value}"));
         }
-        // `Debug` quotes a string and escapes quotes, backslashes and what is not printable
-        // ASCII; a string with none of those is written quoted as it is.
-        if value
-            .bytes()
-            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-        {
-            if let Some(started) = self.start(field) {
-                self.result = started
-                    .and_then(|()| self.writer.write_char('"'))
-                    .and_then(|()| self.writer.write_str(value))
-                    .and_then(|()| self.writer.write_char('"'));
-            }
-            return;
+        if let Some(started) = self.start(field) {
+            self.result = started.and_then(|()| write_debug_str(&mut self.writer, value));
         }
-        self.record_debug(field, &value)
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
@@ -280,6 +384,25 @@ impl fmt::Display for SourceList<'_> {
     }
 }
 
+/// `value` as `{value:?}` writes it. `Debug` quotes a string and escapes quotes, backslashes and
+/// what is not printable ASCII; a string with none of those is written quoted as it is.
+fn write_debug_str(out: &mut impl fmt::Write, value: &str) -> fmt::Result {
+    if value
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.write_char('"')?;
+        out.write_str(value)?;
+        return out.write_char('"');
+    }
+    write!(out, "{value:?}")
+}
+
+/// `value` as a JSON string, quoted and escaped.
+fn write_json_str(out: &mut impl fmt::Write, value: &str) -> fmt::Result {
+    out.write_str(&serde_json::to_string(value).map_err(|_| fmt::Error)?)
+}
+
 fn sign(negative: bool) -> &'static str {
     if negative { "-" } else { "" }
 }
@@ -304,22 +427,29 @@ fn write_decimal(out: &mut impl fmt::Write, mut value: u64) -> fmt::Result {
 /// without the formatting machinery for IPv4 (every connection's span carries one).
 pub struct PeerAddr(pub SocketAddr);
 
+impl PeerAddr {
+    /// The address as `Display` writes it, straight to `out`.
+    pub(crate) fn write_to(&self, out: &mut impl fmt::Write) -> fmt::Result {
+        let SocketAddr::V4(v4) = self.0 else {
+            return write!(out, "{}", self.0);
+        };
+        for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+            if i > 0 {
+                out.write_char('.')?;
+            }
+            write_decimal(out, u64::from(octet))?;
+        }
+        out.write_char(':')?;
+        write_decimal(out, u64::from(v4.port()))
+    }
+}
+
 impl fmt::Display for PeerAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let SocketAddr::V4(v4) = self.0 else {
-            return fmt::Display::fmt(&self.0, f);
-        };
         if f.width().is_some() || f.precision().is_some() {
             return fmt::Display::fmt(&self.0, f);
         }
-        for (i, octet) in v4.ip().octets().into_iter().enumerate() {
-            if i > 0 {
-                f.write_char('.')?;
-            }
-            write_decimal(f, u64::from(octet))?;
-        }
-        f.write_char(':')?;
-        write_decimal(f, u64::from(v4.port()))
+        self.write_to(f)
     }
 }
 
@@ -337,6 +467,14 @@ fn level(level: &Level) -> &'static str {
 struct Timestamp([u8; 27]);
 
 impl Timestamp {
+    /// The time now.
+    fn now() -> Timestamp {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        timestamp(now.as_secs(), now.subsec_micros())
+    }
+
     fn as_str(&self) -> &str {
         // Only ASCII digits and punctuation are ever written.
         std::str::from_utf8(&self.0).unwrap_or("<unknown time>")
@@ -467,18 +605,56 @@ mod tests {
         }
     }
 
-    fn lines(plain: bool) -> String {
+    /// Which formatter writes the lines: tracing-subscriber's own (the connection as a span
+    /// named `client`) or ours (the connection as a [`client::ClientLog`]).
+    #[derive(Clone, Copy, PartialEq)]
+    enum Formatter {
+        Reference,
+        Ours,
+    }
+
+    /// The lines of [`emit`], timestamps cut off, in the plain or JSON format.
+    fn lines(formatter: Formatter, json: bool) -> String {
         let out = Captured::default();
         let sink = out.clone();
         let builder = tracing_subscriber::fmt()
             .with_ansi(false)
             .with_max_level(Level::TRACE)
             .with_writer(move || sink.clone());
-        let emit = || {
-            let span = tracing::info_span!("client", id = 7, peer = %"127.0.0.1:5000", tenant = tracing::field::Empty);
-            span.record("tenant", "acme \"co\"");
-            let _g = span.enter();
-            let inner = tracing::info_span!("checkout");
+        let run = || emit(formatter);
+        match (formatter, json) {
+            (Formatter::Ours, false) => {
+                let builder = builder.fmt_fields(PlainFields).event_format(PlainLine);
+                tracing::subscriber::with_default(builder.finish(), run)
+            }
+            (Formatter::Ours, true) => {
+                let builder = builder.fmt_fields(JsonFields::new()).event_format(JsonLine);
+                tracing::subscriber::with_default(builder.finish(), run)
+            }
+            (Formatter::Reference, false) => {
+                tracing::subscriber::with_default(builder.finish(), run)
+            }
+            (Formatter::Reference, true) => {
+                let builder = builder.json().with_current_span(true);
+                tracing::subscriber::with_default(builder.finish(), run)
+            }
+        }
+        let bytes = out.0.lock().expect("log capture").clone();
+        let text = String::from_utf8(bytes).expect("log lines are UTF-8");
+        if json {
+            return text;
+        }
+        // Timestamps differ between the two runs.
+        text.lines()
+            .map(|l| &l[27..])
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Lines in a connection's scope (with a span inside it), after it and outside any.
+    fn emit(formatter: Formatter) {
+        let body = || {
+            let inner = tracing::info_span!("checkout", slot = 3);
             let _h = inner.enter();
             tracing::warn!(waited_ms = 12, reason = ?"full", "pool \"busy\"");
             tracing::error!("no fields");
@@ -509,34 +685,90 @@ mod tests {
                 "a &str message"
             );
             tracing::info!(message = "message \x1b given as a str", n = 1);
-            drop(_h);
-            drop(_g);
-            tracing::info!(target: "pgtenant::server", end = "ClientLeft", "outside any span");
-            tracing::trace!("t");
-            tracing::debug!("d");
         };
-        if plain {
-            let builder = builder.fmt_fields(PlainFields).event_format(PlainLine);
-            tracing::subscriber::with_default(builder.finish(), emit);
-        } else {
-            tracing::subscriber::with_default(builder.finish(), emit);
+        let tenant = "acme \"co\"";
+        match formatter {
+            Formatter::Reference => {
+                let span = tracing::info_span!("client", id = 7, peer = %"127.0.0.1:5000", tenant = tracing::field::Empty, user = tracing::field::Empty);
+                span.record("tenant", tenant);
+                span.record("user", "app");
+                span.in_scope(body);
+                span.in_scope(|| tracing::info!("client in scope, no other span"));
+            }
+            Formatter::Ours => {
+                let log = client::ClientLog::new(7, "127.0.0.1:5000".parse().expect("address"));
+                log.in_scope(|| client::record_names(Some(tenant), "app"));
+                log.in_scope(body);
+                log.in_scope(|| tracing::info!("client in scope, no other span"));
+            }
         }
-        let bytes = out.0.lock().expect("log capture").clone();
-        let text = String::from_utf8(bytes).expect("log lines are UTF-8");
-        // Timestamps differ between the two runs.
-        text.lines()
-            .map(|l| &l[27..])
-            .collect::<Vec<_>>()
-            .join("\n")
+        tracing::info!(target: "pgtenant::server", end = "ClientLeft", "outside any span");
+        tracing::trace!("t");
+        tracing::debug!("d");
+    }
+
+    #[test]
+    fn json_lines_match_the_json_format_with_the_current_span() {
+        let parse = |text: String| -> Vec<serde_json::Value> {
+            text.lines()
+                .map(|l| {
+                    let mut v: serde_json::Value = serde_json::from_str(l).expect("JSON line");
+                    v["timestamp"] = serde_json::Value::Null;
+                    v
+                })
+                .collect()
+        };
+        let ours = parse(lines(Formatter::Ours, true));
+        assert_eq!(ours, parse(lines(Formatter::Reference, true)));
+        assert_eq!(ours.len(), 10);
+        assert_eq!(ours[0]["span"]["name"], "checkout");
+        assert_eq!(ours[0]["spans"][0]["tenant"], "acme \"co\"");
+        assert_eq!(ours[0]["spans"][0]["user"], "app");
+        assert_eq!(ours[0]["spans"][1]["slot"], 3);
+        assert_eq!(ours[6]["span"]["id"], 7);
+        assert_eq!(ours[6]["span"]["peer"], "127.0.0.1:5000");
+        assert!(ours[7].get("span").is_none(), "{:?}", ours[7]);
+    }
+
+    #[test]
+    fn a_terminal_gets_the_level_in_colour() {
+        let out = Captured::default();
+        let sink = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(true)
+            .fmt_fields(PlainFields)
+            .event_format(PlainLine)
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("green");
+            tracing::error!("red");
+        });
+        let text = String::from_utf8(out.0.lock().expect("log capture").clone()).expect("UTF-8");
+        assert!(
+            text.contains("Z \x1b[32m INFO\x1b[0m pgtenant::logging::tests: green\n"),
+            "{text:?}"
+        );
+        assert!(
+            text.contains("Z \x1b[31mERROR\x1b[0m pgtenant::logging::tests: red\n"),
+            "{text:?}"
+        );
     }
 
     #[test]
     fn plain_lines_match_the_default_format_without_colour() {
-        let ours = lines(true);
-        assert_eq!(ours, lines(false));
+        let ours = lines(Formatter::Ours, false);
+        assert_eq!(ours, lines(Formatter::Reference, false));
         assert!(
             ours.contains(
-                "  WARN client{id=7 peer=127.0.0.1:5000 tenant=\"acme \\\"co\\\"\"}:checkout: "
+                "  WARN client{id=7 peer=127.0.0.1:5000 tenant=\"acme \\\"co\\\"\" user=\"app\"}:checkout{slot=3}: "
+            ),
+            "{ours}"
+        );
+        assert!(
+            ours.contains(
+                "  INFO client{id=7 peer=127.0.0.1:5000 tenant=\"acme \\\"co\\\"\" user=\"app\"}: \
+                 pgtenant::logging::tests: client in scope, no other span"
             ),
             "{ours}"
         );
@@ -561,6 +793,6 @@ mod tests {
             "{ours}"
         );
         assert!(ours.contains("message \\x1b given as a str n=1"), "{ours}");
-        assert_eq!(ours.lines().count(), 9);
+        assert_eq!(ours.lines().count(), 10);
     }
 }

@@ -17,12 +17,12 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
-use tracing::{Instrument, Span};
 
 use crate::auth::client::{AuthRequest, authenticate};
 use crate::config::AuthMethod;
 use crate::config::PoolMode;
 use crate::error::ClientError;
+use crate::logging::client::ClientLog;
 use crate::pool::{BackendError, CheckoutError, ClientSlot, KickSwitch, PooledConn};
 use crate::protocol::{TxStatus, messages};
 use crate::server::Shared;
@@ -76,21 +76,21 @@ struct Opened {
     kick: Arc<KickSwitch>,
 }
 
-/// Serves one client from its startup parameters to its disconnect. Login and release run inside
-/// `span`; the relay runs outside it, since entering a span on every wake-up costs about 6% of
-/// the relay's instructions (benches/instructions.sh).
+/// Serves one client from its startup parameters to its disconnect. Login and release run in
+/// `log`'s scope; the relay runs outside it, so that a wake-up costs nothing for logging (a
+/// tracing span here once cost 6% of the relay's instructions, benches/instructions.sh).
 pub async fn serve<C: AsyncRead + AsyncWrite + RelayIo + Unpin>(
     shared: &Shared,
     client: &mut C,
     req: StartupRequest,
-    span: &Span,
+    log: &Arc<ClientLog>,
 ) -> SessionEnd {
-    let mut opened = match open(shared, client, req).instrument(span.clone()).await {
+    let mut opened = match log.scope(open(shared, client, req)).await {
         Ok(o) => o,
         Err(end) => return end,
     };
     if opened.tenant.pool.mode == PoolMode::Transaction {
-        return serve_transactions(shared, client, opened, span).await;
+        return serve_transactions(shared, client, opened, log).await;
     }
     let mut link = LinkState::Ready(TxStatus::Idle);
     let end = Relay::new(std::mem::take(&mut opened.early_bytes))
@@ -101,9 +101,7 @@ pub async fn serve<C: AsyncRead + AsyncWrite + RelayIo + Unpin>(
         )
         .run(client, &mut opened.guard.conn().stream, &mut link)
         .await;
-    close(shared, client, opened, end, link)
-        .instrument(span.clone())
-        .await
+    log.scope(close(shared, client, opened, end, link)).await
 }
 
 /// Transaction mode: the login's connection goes back at once, and each transaction takes one.
@@ -111,7 +109,7 @@ async fn serve_transactions<C: AsyncRead + AsyncWrite + RelayIo + Unpin>(
     shared: &Shared,
     client: &mut C,
     opened: Opened,
-    span: &Span,
+    log: &Arc<ClientLog>,
 ) -> SessionEnd {
     let Opened {
         guard,
@@ -141,7 +139,7 @@ async fn serve_transactions<C: AsyncRead + AsyncWrite + RelayIo + Unpin>(
         early_bytes,
     );
     let end = session.run(client).await;
-    async {
+    log.scope(async {
         match end {
             TxnEnd::ClientLeft => SessionEnd::ClientLeft,
             TxnEnd::ServerGone => SessionEnd::ServerGone,
@@ -151,8 +149,7 @@ async fn serve_transactions<C: AsyncRead + AsyncWrite + RelayIo + Unpin>(
                 refuse(client, ClientError::internal()).await
             }
         }
-    }
-    .instrument(span.clone())
+    })
     .await
 }
 
@@ -300,9 +297,7 @@ async fn login<C: AsyncRead + AsyncWrite + Unpin>(
         suffix: &config.proxy.sni_suffix,
     });
     let resolved = resolve(&req.params, &config.proxy.resolve, sni)?;
-    let span = tracing::Span::current();
-    span.record("tenant", resolved.tenant.as_str());
-    span.record("user", resolved.user.as_str());
+    crate::logging::client::record_names(Some(&resolved.tenant), &resolved.user);
     req.kick.set_user(&resolved.user);
     let settings = params::client_settings(&req.params, &resolved.settings)?;
     let tenant = shared.catalog.snapshot().tenant(&resolved.tenant).cloned();

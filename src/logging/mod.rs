@@ -19,7 +19,7 @@ use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormattedFields};
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 use crate::config::LogFormat;
 
@@ -158,13 +158,7 @@ where
         }
         writer.write_str(",\"span\":")?;
         match &innermost {
-            Some(span) => {
-                let fields = span.extensions();
-                let fields = fields
-                    .get::<FormattedFields<N>>()
-                    .map(|f| f.fields.as_str());
-                write_json_span(&mut writer, span.name(), fields)?;
-            }
+            Some(span) => write_json_span::<_, N>(&mut writer, span)?,
             None => {
                 client(&mut writer).transpose()?;
             }
@@ -176,23 +170,25 @@ where
                 if !std::mem::take(&mut first) {
                     writer.write_char(',')?;
                 }
-                let fields = span.extensions();
-                let fields = fields
-                    .get::<FormattedFields<N>>()
-                    .map(|f| f.fields.as_str());
-                write_json_span(&mut writer, span.name(), fields)?;
+                write_json_span::<_, N>(&mut writer, &span)?;
             }
         }
         writer.write_str("]}\n")
     }
 }
 
-/// A span as a JSON object: its fields (which the JSON field formatter stored as an object) and
-/// its name.
-fn write_json_span(out: &mut impl fmt::Write, name: &str, fields: Option<&str>) -> fmt::Result {
+/// A span as a JSON object: its fields (which the JSON field formatter `N` stored as an object)
+/// and its name.
+fn write_json_span<S, N>(out: &mut impl fmt::Write, span: &SpanRef<'_, S>) -> fmt::Result
+where
+    S: for<'a> LookupSpan<'a>,
+    N: 'static,
+{
     out.write_char('{')?;
-    let members = fields
-        .map(str::trim)
+    let extensions = span.extensions();
+    let members = extensions
+        .get::<FormattedFields<N>>()
+        .map(|f| f.fields.trim())
         .and_then(|f| f.strip_prefix('{')?.strip_suffix('}'))
         .map(str::trim)
         .unwrap_or("");
@@ -201,7 +197,7 @@ fn write_json_span(out: &mut impl fmt::Write, name: &str, fields: Option<&str>) 
         out.write_char(',')?;
     }
     out.write_str("\"name\":")?;
-    write_json_str(out, name)?;
+    write_json_str(out, span.name())?;
     out.write_char('}')
 }
 

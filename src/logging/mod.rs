@@ -16,6 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormattedFields};
@@ -63,7 +64,10 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let meta = event.metadata();
+        // A `log` crate record arrives as an event of tracing-log's; its own target and level
+        // are in its fields.
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         writer.write_str(Timestamp::now().as_str())?;
         if writer.has_ansi_escapes() {
             write!(writer, " {} ", Coloured(meta.level()))?;
@@ -136,7 +140,8 @@ where
     ) -> fmt::Result {
         writer.write_str("{\"timestamp\":\"")?;
         writer.write_str(Timestamp::now().as_str())?;
-        let meta = event.metadata();
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         writer.write_str("\",\"level\":\"")?;
         writer.write_str(level(meta.level()).trim())?;
         writer.write_str("\",\"fields\":")?;
@@ -699,6 +704,16 @@ mod tests {
             }
         }
         tracing::info!(target: "pgtenant::server", end = "ClientLeft", "outside any span");
+        // As rustls logs, through the `log` crate: the line names the record's own target.
+        let record = log::Record::builder()
+            .args(format_args!("from the log crate"))
+            .level(log::Level::Warn)
+            .target("rustls::conn")
+            .module_path_static(Some("rustls::conn"))
+            .file_static(Some("conn.rs"))
+            .line(Some(7))
+            .build();
+        tracing_log::format_trace(&record).expect("dispatched");
         tracing::trace!("t");
         tracing::debug!("d");
     }
@@ -716,7 +731,8 @@ mod tests {
         };
         let ours = parse(lines(Formatter::Ours, true));
         assert_eq!(ours, parse(lines(Formatter::Reference, true)));
-        assert_eq!(ours.len(), 10);
+        assert_eq!(ours.len(), 11);
+        assert_eq!(ours[8]["target"], "rustls::conn");
         assert_eq!(ours[0]["span"]["name"], "checkout");
         assert_eq!(ours[0]["spans"][0]["tenant"], "acme \"co\"");
         assert_eq!(ours[0]["spans"][0]["user"], "app");
@@ -789,6 +805,10 @@ mod tests {
             "{ours}"
         );
         assert!(ours.contains("message \\x1b given as a str n=1"), "{ours}");
-        assert_eq!(ours.lines().count(), 10);
+        assert!(
+            ours.contains("  WARN rustls::conn: from the log crate\n"),
+            "{ours}"
+        );
+        assert_eq!(ours.lines().count(), 11);
     }
 }

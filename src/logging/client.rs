@@ -76,23 +76,23 @@ impl ClientLog {
         }
     }
 
-    /// The connection's fields as the members of a JSON object, as tracing-subscriber's JSON
-    /// format writes a span's: `"id":7,"peer":"127.0.0.1:5000","tenant":"acme","user":"app"`.
-    pub(super) fn write_json_members(&self, out: &mut impl fmt::Write) -> fmt::Result {
-        out.write_str("\"id\":")?;
+    /// The connection as a JSON object, as tracing-subscriber's JSON format writes a span:
+    /// `{"id":7,"peer":"127.0.0.1:5000","tenant":"acme","user":"app","name":"client"}`.
+    pub(super) fn write_json(&self, out: &mut impl fmt::Write) -> fmt::Result {
+        out.write_str("{\"id\":")?;
         super::write_decimal(out, self.id)?;
         out.write_str(",\"peer\":\"")?;
         super::PeerAddr(self.peer).write_to(out)?;
         out.write_char('"')?;
-        let Some(names) = self.names.get() else {
-            return Ok(());
-        };
-        if let Some(tenant) = &names.tenant {
-            out.write_str(",\"tenant\":")?;
-            super::write_json_str(out, tenant)?;
+        if let Some(names) = self.names.get() {
+            if let Some(tenant) = &names.tenant {
+                out.write_str(",\"tenant\":")?;
+                super::write_json_str(out, tenant)?;
+            }
+            out.write_str(",\"user\":")?;
+            super::write_json_str(out, &names.user)?;
         }
-        out.write_str(",\"user\":")?;
-        super::write_json_str(out, &names.user)
+        out.write_str(",\"name\":\"client\"}")
     }
 }
 
@@ -118,9 +118,9 @@ pub fn record_names(tenant: Option<&str>, user: &str) {
     });
 }
 
-/// `f` applied to the connection whose task is logging; `None` outside any connection's scope.
-pub(super) fn with_current<R>(f: impl FnOnce(&ClientLog) -> R) -> Option<R> {
-    CURRENT.try_with(|c| f(c)).ok()
+/// The connection whose task is logging; `None` outside any connection's scope.
+pub(super) fn current() -> Option<Arc<ClientLog>> {
+    CURRENT.try_with(Arc::clone).ok()
 }
 
 #[cfg(test)]
@@ -150,21 +150,21 @@ mod tests {
         b.in_scope(|| record_names(None, "x\"y"));
         assert_eq!(plain(&b), "id=2 peer=[::1]:6000 user=\"x\\\"y\"");
         record_names(Some("nobody's"), "none");
-        assert_eq!(with_current(|c| c.id), None);
-        assert_eq!(b.in_scope(|| with_current(|c| c.id)), Some(2));
+        assert_eq!(current().map(|c| c.id), None);
+        assert_eq!(b.in_scope(|| current().map(|c| c.id)), Some(2));
     }
 
     #[test]
-    fn json_members_are_escaped() {
+    fn json_is_escaped() {
         let c = ClientLog::new(9, "10.0.0.1:1".parse().expect("address"));
         c.in_scope(|| record_names(Some("a\"b\\c\n\u{1}"), "é"));
-        let mut s = String::from("{");
-        c.write_json_members(&mut s).expect("formats");
-        s.push('}');
+        let mut s = String::new();
+        c.write_json(&mut s).expect("formats");
         let v: serde_json::Value = serde_json::from_str(&s).expect("valid JSON");
         assert_eq!(v["id"], 9);
         assert_eq!(v["peer"], "10.0.0.1:1");
         assert_eq!(v["tenant"], "a\"b\\c\n\u{1}");
         assert_eq!(v["user"], "é");
+        assert_eq!(v["name"], "client");
     }
 }

@@ -1,13 +1,14 @@
 //! Log output: the subscriber set up from `log_format` and `PGTENANT_LOG`, and the plain-text
-//! line format written when stderr is not a terminal.
+//! and JSON line formats, each naming the connection a line is about ([`client::ClientLog`]).
 //!
-//! The plain lines read exactly like tracing-subscriber's default ("full") format without
-//! colour, but are written directly: with a line at login and one at logout, the default
-//! formatter's calendar arithmetic and styling machinery were the largest part of what a new
-//! connection cost the proxy. Fields (of lines and of the connection's span) are written the
-//! same way: the default field formatter runs every name and `=` through its styling code even
-//! with colour off. Integers, plain strings and client addresses ([`PeerAddr`]) skip the
-//! formatting machinery altogether: every connection's span and two lines carry several.
+//! The plain lines read exactly like tracing-subscriber's default ("full") format (on a terminal
+//! only the level is coloured), but are written directly: with a line at login and one at
+//! logout, the default formatter's calendar arithmetic and styling machinery were the largest
+//! part of what a new connection cost the proxy. Fields are written the same way: the default
+//! field formatter runs every name and `=` through its styling code even with colour off.
+//! Integers, plain strings and client addresses ([`PeerAddr`]) skip the formatting machinery
+//! altogether: every connection and its two lines carry several. The JSON lines follow
+//! tracing-subscriber's JSON layout.
 
 use std::fmt;
 use std::fmt::Write as _;
@@ -74,13 +75,13 @@ where
         } else {
             writer.write_str(level(meta.level()))?;
         }
-        let client = client::with_current(|c| {
-            writer
-                .write_str("client{")
-                .and_then(|()| c.write_fields(&mut writer))
-                .and_then(|()| writer.write_str("}:"))
-        });
-        let mut prefixed = client.transpose()?.is_some();
+        let mut prefixed = false;
+        if let Some(client) = client::current() {
+            writer.write_str("client{")?;
+            client.write_fields(&mut writer)?;
+            writer.write_str("}:")?;
+            prefixed = true;
+        }
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 writer.write_str(span.name())?;
@@ -148,28 +149,24 @@ where
         ctx.format_fields(writer.by_ref(), event)?;
         writer.write_str(",\"target\":")?;
         write_json_str(&mut writer, meta.target())?;
-        let client = |w: &mut Writer<'_>| {
-            client::with_current(|c| {
-                w.write_char('{')
-                    .and_then(|()| c.write_json_members(w))
-                    .and_then(|()| w.write_str(",\"name\":\"client\"}"))
-            })
-        };
-        // Like tracing-subscriber's, a line outside any span has neither member.
-        let in_client = client::with_current(|_| ()).is_some();
+        let client = client::current();
         let innermost = ctx.event_scope().and_then(|mut scope| scope.next());
-        if innermost.is_none() && !in_client {
+        // Like tracing-subscriber's, a line outside any span has neither member.
+        if innermost.is_none() && client.is_none() {
             return writer.write_str("}\n");
         }
         writer.write_str(",\"span\":")?;
-        match &innermost {
-            Some(span) => write_json_span::<_, N>(&mut writer, span)?,
-            None => {
-                client(&mut writer).transpose()?;
-            }
+        if let Some(span) = &innermost {
+            write_json_span::<_, N>(&mut writer, span)?;
+        } else if let Some(client) = &client {
+            client.write_json(&mut writer)?;
         }
         writer.write_str(",\"spans\":[")?;
-        let mut first = client(&mut writer).transpose()?.is_none();
+        let mut first = true;
+        if let Some(client) = &client {
+            client.write_json(&mut writer)?;
+            first = false;
+        }
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 if !std::mem::take(&mut first) {

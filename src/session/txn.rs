@@ -452,12 +452,13 @@ impl<'a> TxnSession<'a> {
                         Poll::Ready(Ok(n)) if n > 0 => {
                             if from_cout {
                                 self.cout.advance(n);
+                                rewind(&mut self.cout);
                             } else {
                                 self.sin.advance(n);
                                 self.sin_fwd -= n;
+                                rewind(&mut self.sin);
                             }
                             if self.cout.is_empty() && self.sin_fwd == 0 {
-                                rewind(&mut self.cout);
                                 break;
                             }
                         }
@@ -635,7 +636,9 @@ impl<'a> TxnSession<'a> {
         if self.cin.is_empty() {
             return Ok(false);
         }
-        self.client_messages()
+        let moved = self.client_messages();
+        rewind(&mut self.cin);
+        moved
     }
 
     fn client_messages(&mut self) -> Result<bool, TxnEnd> {
@@ -1479,18 +1482,19 @@ fn read_some<R: RelayIo>(
     into: &mut BytesMut,
     arm: &mut ReadArm,
 ) -> Poll<std::io::Result<usize>> {
-    rewind(into);
     if into.capacity() - into.len() < READ_CHUNK / 4 {
         into.reserve(READ_CHUNK);
     }
     from.poll_fill(cx, into, arm)
 }
 
-/// Moves an empty buffer back to the start of its memory, as the session relay's pipes do.
-/// Otherwise consumed bytes leave the buffer's start creeping through its whole allocation, and
-/// each transaction's bytes (written by the kernel's receive copy or by the relay) land on cache
-/// lines untouched since the last lap: about 3% more CPU per `-S` transaction (README,
-/// Benchmarks).
+/// Moves a buffer that was just emptied back to the start of its memory, as the session relay's
+/// pipes do. Otherwise consumed bytes leave the buffer's start creeping through its whole
+/// allocation, and each transaction's bytes (written by the kernel's receive copy or by the
+/// relay) land on cache lines untouched since the last lap: about 3% more CPU per `-S`
+/// transaction (README, Benchmarks). Called where bytes are consumed, not before each read: most
+/// reads find the buffer already at its start, and the check would be a call into `bytes` for
+/// nothing.
 #[inline(always)]
 fn rewind(buf: &mut BytesMut) {
     if buf.is_empty() {

@@ -54,7 +54,15 @@ VERIFIER=$(bench_verifier)
 write_pgbouncer_config "$BOUNCER_PORT" "$POOL" \
   "bench = host=127.0.0.1 port=$PG_PORT dbname=bench pool_mode=session
 bench_txn = host=127.0.0.1 port=$PG_PORT dbname=bench pool_mode=transaction"
-as_pg pgbouncer -q "$work/pgbouncer.ini" >/dev/null 2>&1 &
+# Each proxy runs in its own session, as a service or a daemon does (pgbouncer -d calls setsid),
+# not in this script's, where pgbench runs: with the kernel's autogroup scheduling
+# (/proc/sys/kernel/sched_autogroup_enabled) a session is a scheduling group, and a proxy in the
+# load generator's group shares one group's CPU share with it. SHARED_SESSION=1 keeps both
+# proxies in this script's session (how the tables before 2026-12-02's eighth session were taken).
+own_session=(setsid)
+[ -n "${SHARED_SESSION:-}" ] && own_session=()
+as_postgres=(); [ "$(id -u)" -eq 0 ] && as_postgres=(runuser -u postgres --)
+"${own_session[@]}" "${as_postgres[@]}" pgbouncer -q "$work/pgbouncer.ini" >/dev/null 2>&1 &
 pids+=($!)
 
 write_pgtenant_config "$BIN" "$TENANT_PORT" "[proxy]
@@ -63,7 +71,7 @@ log_connections = ${LOG_CONNECTIONS:-true}
 [pool]
 size = $POOL"
 add_txn_tenant "$VERIFIER"
-PGTENANT_LOG=${PGTENANT_LOG:-info} "$BIN" serve --config "$work/pgtenant.toml" >"$work/pgtenant.log" 2>&1 &
+PGTENANT_LOG=${PGTENANT_LOG:-info} "${own_session[@]}" "$BIN" serve --config "$work/pgtenant.toml" >"$work/pgtenant.log" 2>&1 &
 pids+=($!)
 sleep 1
 BOUNCER_PID=$(pgrep -f "^pgbouncer .*$work/pgbouncer.ini" | head -1)
@@ -76,6 +84,9 @@ pids+=("$BOUNCER_PID")
 # dozen of them in a -C run, so their count alone varies by ±15% from run to run. (A thread that
 # ends between the two readings drops out of the sum: both proxies run on one thread here.)
 cpu_ns() { { cat /proc/"$1"/task/*/schedstat 2>/dev/null || true; } | awk '{ s += $1 } END { printf "%.0f", s }'; }
+# Context switches of a process's main thread (where both proxies' event loops run): voluntary
+# (it waited for events) and involuntary (preempted, mostly by a peer its send woke).
+switches() { awk '/^voluntary_ctxt_switches/ {v = $2} /^nonvoluntary_ctxt_switches/ {n = $2} END {print v, n}' "/proc/$1/status"; }
 split_ticks() { awk '{printf "user=%s sys=%s ", $14, $15}' "/proc/$1/stat"; awk '/^voluntary_ctxt_switches/ {print "switches=" $2}' "/proc/$1/status"; }
 
 # pgbench arguments of a row: workload, protocol mode, clients, and -C for the connection row.
@@ -95,6 +106,8 @@ run_row() { # target port pid row
   local db; db=$(row_db "$label")
   [ "$name" = direct ] && db=bench
   local before=0 after=0
+  local vol0=0 inv0=0 vol1=0 inv1=0
+  [ "$pid" != "-" ] && read -r vol0 inv0 < <(switches "$pid")
   [ "$pid" != "-" ] && before=$(cpu_ns "$pid")
   if [ -n "${PROFILE:-}" ] && [ "$name" = "$PROFILE" ] && [ "$label" = "${PROFILE_ROW:-session-simple}" ]; then
     perf record -q -e "${PERF_EVENT:-cpu-clock}" ${PERF_ARGS:-} -g -p "$pid" -o "/tmp/perf-$name.data" -- sleep "$DURATION" >/dev/null 2>&1 &
@@ -106,6 +119,7 @@ run_row() { # target port pid row
   # shellcheck disable=SC2046
   out=$("$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U bench $(row_args "$label") ${RATE:+-R "$RATE"} -j 2 -T "$DURATION" "$db" 2>&1) || ok=0
   [ "$pid" != "-" ] && after=$(cpu_ns "$pid")
+  [ "$pid" != "-" ] && read -r vol1 inv1 < <(switches "$pid")
   if [ -n "${SPLIT:-}" ] && [ "$pid" != "-" ]; then echo "$name $(split_ticks "$pid")" >&2; fi
   local txns tps lat failed
   txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
@@ -123,12 +137,18 @@ run_row() { # target port pid row
   fi
   echo "$name $label ${tps:-0} ${lat:-0} ${cpu} ${RUN:-0}" >> "$work/results"
   if [ -n "${VERBOSE:-}" ]; then echo "run ${RUN:-0}: $name $label tps ${tps:-0} cpu ${cpu}" >&2; fi
+  if [ -n "${SWITCHES:-}" ] && [ "$pid" != "-" ]; then
+    awk -v v=$((vol1 - vol0)) -v i=$((inv1 - inv0)) -v n="$txns" -v who="$name $label" -v r="${RUN:-0}" \
+      'BEGIN { printf "run %s: %s switches per txn: waited %.3f, preempted %.3f\n", r, who, v / n, i / n }' >&2
+  fi
 }
 
 echo
 echo "pgbench -S, $CLIENTS clients ($CONNECT_CLIENTS with -C), ${DURATION}s per run, median of $REPEAT runs"
 echo "(proxies back to back in each run, order alternating), scale $SCALE, pool size $POOL;"
-echo "$(nproc) cores, $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "$(nproc) cores, $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs);"
+where="their own sessions"; [ -n "${SHARED_SESSION:-}" ] && where="pgbench's session"
+echo "proxies in $where, autogroup scheduling $(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null || echo unknown)"
 echo
 for label in $ROWS; do
   for i in $(seq "$REPEAT"); do

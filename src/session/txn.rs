@@ -208,6 +208,11 @@ pub struct TxnSession<'a> {
     /// The backend is in copy-in mode (CopyInResponse seen, client's CopyDone/CopyFail not yet).
     copy_in: bool,
     skipping: bool,
+    /// The held backend was sent an extended-protocol message after the last Sync (or Query)
+    /// it was sent: it is inside the client's batch — an implicit transaction, or skipping to
+    /// the next Sync after an error — even when every reply so far has arrived, so it must not
+    /// go back to the pool before the ReadyForQuery of the Sync that ends the batch.
+    unsynced: bool,
     poisoned: bool,
     client_done: bool,
 }
@@ -268,6 +273,7 @@ impl<'a> TxnSession<'a> {
             server_arm: ReadArm::default(),
             copy_in: false,
             skipping: false,
+            unsynced: false,
             poisoned: false,
             client_done: false,
         }
@@ -276,6 +282,10 @@ impl<'a> TxnSession<'a> {
     /// Serves the client until it leaves or the session must end.
     pub async fn run<C: AsyncWrite + RelayIo + Unpin>(&mut self, client: &mut C) -> TxnEnd {
         let end = poll_fn(|cx| self.poll_session(cx, client)).await;
+        // A backend whose replies no longer match what was sent to it is in an unknown state.
+        if matches!(end, TxnEnd::ServerProtocol(_)) {
+            self.poisoned = true;
+        }
         // Whatever the backend said last (its FATAL) still reaches the client.
         self.spill_server();
         if !self.cout.is_empty() {
@@ -302,6 +312,7 @@ impl<'a> TxnSession<'a> {
             && self.last_status == b'I'
             && self.pinned.is_none()
             && self.client_stream_left == 0
+            && !self.unsynced
             && self.sout.is_empty();
         if clean && !cancelled && !self.poisoned {
             conn.give_back();
@@ -550,6 +561,7 @@ impl<'a> TxnSession<'a> {
             || !self.expect.is_empty()
             || self.last_status != b'I'
             || self.pinned.is_some()
+            || self.unsynced
             || self.client_stream_left > 0
             || self.server_stream_left > 0
             || !self.sout.is_empty()
@@ -707,6 +719,9 @@ impl<'a> TxnSession<'a> {
                 Step::Done => {
                     moved = true;
                     self.counts.queries += u64::from(tag == b'Q' || tag == b'E');
+                    if self.backend.is_some() {
+                        self.note_batch(tag);
+                    }
                 }
                 Step::NeedMore => return Ok(moved),
                 Step::NeedBackend => {
@@ -743,6 +758,20 @@ impl<'a> TxnSession<'a> {
         }
     }
 
+    /// Keeps [`TxnSession::unsynced`] for a client message handled while a backend is held:
+    /// a Query, a FunctionCall or a Sync the backend will act on ends a batch with a
+    /// ReadyForQuery; Flush and copy data change nothing; anything else opens a batch.
+    #[inline]
+    fn note_batch(&mut self, tag: u8) {
+        match tag {
+            b'Q' | b'F' => self.unsynced = false,
+            // In copy-in mode the backend ignores a Sync.
+            b'S' if !self.copy_in => self.unsynced = false,
+            b'S' | b'H' | b'd' | b'c' | b'f' => {}
+            _ => self.unsynced = true,
+        }
+    }
+
     /// The Sync that ends a refused batch: a held backend must fail its transaction too, so a
     /// statement that raises stands in for the Sync; without one, the proxy answers alone.
     fn sync_after_refusal(&mut self) {
@@ -751,6 +780,7 @@ impl<'a> TxnSession<'a> {
                 &mut self.sout,
                 "DO $pgtenant$BEGIN RAISE EXCEPTION 'refused by pgtenant'; END$pgtenant$",
             );
+            self.unsynced = false;
             self.expect.push_back(Expect::Reply {
                 reply: Reply::Query,
                 owner: Owner::SyncStandIn,
@@ -1312,13 +1342,18 @@ impl<'a> TxnSession<'a> {
                 match front_reply {
                     Some(Reply::Query) | None => {}
                     Some(_) => {
-                        // Extended protocol: the backend skips to the next Sync.
+                        // Extended protocol: the backend skips to the next Sync, and a Query
+                        // or FunctionCall the client sent before that Sync is skipped too.
                         self.pop_front_undoing();
                         while let Some(e) = self.expect.front() {
                             if matches!(
                                 e,
                                 Expect::Reply {
-                                    reply: Reply::Sync | Reply::Query,
+                                    reply: Reply::Sync,
+                                    ..
+                                } | Expect::Reply {
+                                    reply: Reply::Query,
+                                    owner: Owner::Proxy | Owner::SyncStandIn,
                                     ..
                                 }
                             ) {

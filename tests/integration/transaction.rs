@@ -466,6 +466,90 @@ mod raw {
         b
     }
 
+    /// A batch its client has not ended with Sync keeps the connection, even once every reply
+    /// so far has come: without the Sync the backend is inside the batch's implicit
+    /// transaction, and after an error it skips everything up to the next Sync, so another
+    /// client given that connection would run inside the batch or get no answer at all.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_without_its_sync_keeps_its_connection() {
+        let (proxy, slug) = txn_proxy("", "pool_size = 1\ncheckout_timeout_ms = 10000").await;
+        let addr = proxy.addrs[0];
+        let mut a = RawClient::login(addr, "app", &slug).await;
+        let other = |n: i32| {
+            let slug = slug.clone();
+            tokio::spawn(async move {
+                let b = connect(addr, "app", &slug).await.expect("b logs in");
+                let row = b
+                    .query_one(&format!("SELECT {n}"), &[])
+                    .await
+                    .expect("b queries");
+                row.get::<_, i32>(0)
+            })
+        };
+        let flush = |mut b: bytes::BytesMut| {
+            frontend::flush(&mut b);
+            b
+        };
+        // Every reply of Parse, Bind and Execute has come, but no Sync: b must wait.
+        let mut batch = parse("", "SELECT 1");
+        let mut rest = bind_execute_sync("");
+        rest.truncate(rest.len() - 5);
+        batch.extend_from_slice(&rest);
+        a.send(&flush(batch)).await;
+        let mut tags = Vec::new();
+        while tags.last() != Some(&b'C') {
+            tags.push(a.read().await.0);
+        }
+        assert_eq!(tags, b"12DC");
+        let b = other(2);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !b.is_finished(),
+            "b waits for the connection a's batch holds"
+        );
+        a.send(&sync()).await;
+        assert_eq!(a.until_ready().await, (vec![], vec![], b'I'));
+        let got = tokio::time::timeout(Duration::from_secs(10), b).await;
+        assert_eq!(got.expect("b is answered").expect("b"), 2);
+        // An error without Sync: the backend skips to the next Sync; b is served only after it.
+        a.send(&flush(parse("", "SELEC 1"))).await;
+        let (tag, body) = a.read().await;
+        assert_eq!(
+            (tag, pgtenant::protocol::messages::error_fields(&body).0),
+            (b'E', Some("42601"))
+        );
+        let b = other(3);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        a.send(&sync()).await;
+        assert_eq!(a.until_ready().await, (vec![], vec![], b'I'));
+        let got = tokio::time::timeout(Duration::from_secs(10), b).await;
+        assert_eq!(got.expect("b is answered").expect("b"), 3);
+        proxy.shutdown().await;
+    }
+
+    /// After an error in a batch Postgres skips everything up to the Sync, a simple Query too:
+    /// the client hears the error and one ReadyForQuery, and its connection goes back with it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_query_inside_a_failed_batch_is_skipped_as_postgres_does() {
+        let (proxy, slug) = txn_proxy("", "pool_size = 1\ncheckout_timeout_ms = 3000").await;
+        let addr = proxy.addrs[0];
+        let mut a = RawClient::login(addr, "app", &slug).await;
+        let mut batch = parse("", "SELEC 1");
+        frontend::query("SELECT 1", &mut batch).expect("query");
+        batch.extend_from_slice(&sync());
+        a.send(&batch).await;
+        assert_eq!(
+            a.until_ready().await,
+            (b"E".to_vec(), vec!["42601".to_owned()], b'I')
+        );
+        // Between transactions now: another client gets the only connection.
+        let b = connect(addr, "app", &slug).await.expect("b logs in");
+        let n: i32 = b.query_one("SELECT 4", &[]).await.expect("b").get(0);
+        assert_eq!(n, 4);
+        assert_eq!(a.query("SELECT 5").await, (b"TDC".to_vec(), b'I'));
+        proxy.shutdown().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn close_deallocate_and_duplicates_behave_as_postgres() {
         let (proxy, slug) = txn_proxy("", "pool_size = 1").await;

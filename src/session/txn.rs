@@ -306,17 +306,25 @@ impl<'a> TxnSession<'a> {
             return;
         };
         let cancelled = self.key.detach();
-        // A pinned connection carries state of this client's, and one that got only part of a
-        // message would read the next client's bytes as the rest: both are closed.
-        let clean = self.expect.is_empty()
-            && self.last_status == b'I'
-            && self.pinned.is_none()
-            && self.client_stream_left == 0
-            && !self.unsynced
-            && self.sout.is_empty();
-        if clean && !cancelled && !self.poisoned {
+        if self.at_rest() && !cancelled && !self.poisoned {
             conn.give_back();
         }
+    }
+
+    /// The held backend sits between transactions: nothing outstanding, its last
+    /// ReadyForQuery said idle, no batch open since, nothing half sent or half read. A pinned
+    /// connection carries state of this client's, and one that got only part of a message
+    /// would read the next client's bytes as the rest: neither is at rest.
+    // Runs on every pass of poll_session (through release_if_done).
+    #[inline(always)]
+    fn at_rest(&self) -> bool {
+        self.expect.is_empty()
+            && self.last_status == b'I'
+            && self.pinned.is_none()
+            && !self.unsynced
+            && self.client_stream_left == 0
+            && self.server_stream_left == 0
+            && self.sout.is_empty()
     }
 
     fn poll_session<C: AsyncWrite + RelayIo + Unpin>(
@@ -557,15 +565,7 @@ impl<'a> TxnSession<'a> {
     // Runs on every pass of poll_session; out of line it cost 110 instructions per transaction.
     #[inline(always)]
     fn release_if_done(&mut self) -> bool {
-        if self.backend.is_none()
-            || !self.expect.is_empty()
-            || self.last_status != b'I'
-            || self.pinned.is_some()
-            || self.unsynced
-            || self.client_stream_left > 0
-            || self.server_stream_left > 0
-            || !self.sout.is_empty()
-        {
+        if self.backend.is_none() || !self.at_rest() {
             return false;
         }
         let cancelled = self.key.detach();

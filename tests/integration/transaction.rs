@@ -493,7 +493,7 @@ mod raw {
         // Every reply of Parse, Bind and Execute has come, but no Sync: b must wait.
         let mut batch = parse("", "SELECT 1");
         let mut rest = bind_execute_sync("");
-        rest.truncate(rest.len() - 5);
+        rest.truncate(rest.len() - sync().len()); // the Sync off the end
         batch.extend_from_slice(&rest);
         a.send(&flush(batch)).await;
         let mut tags = Vec::new();

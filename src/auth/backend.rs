@@ -63,10 +63,11 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     target: &BackendTarget,
 ) -> Result<BackendLogin, BackendLoginError> {
     let mut out = BytesMut::with_capacity(256);
+    // No application_name: a client that sets none sees the server's default, as on a direct
+    // connection, and so does its RESET.
     let params = [
         ("user", target.user.as_str()),
         ("database", target.database.as_str()),
-        ("application_name", "pgtenant"),
         ("client_encoding", "UTF8"),
     ];
     frontend::startup_message(params.iter().copied(), &mut out).map_err(io_err)?;

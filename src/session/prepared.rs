@@ -11,6 +11,8 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
+use super::tracking::SettingsChange;
+
 /// Named statements one client may hold at once (54000 beyond).
 pub const MAX_STATEMENTS_PER_CLIENT: usize = 10_000;
 
@@ -24,6 +26,8 @@ pub struct Statement {
     pub backend_name: Box<str>,
     /// A whole Parse message (tag included) under `backend_name`.
     pub parse: Bytes,
+    /// What running it does to the client's settings.
+    pub change: Option<Arc<SettingsChange>>,
 }
 
 impl Statement {
@@ -46,7 +50,13 @@ impl Statement {
         Statement {
             backend_name: name.into_boxed_str(),
             parse: parse.freeze(),
+            change: None,
         }
+    }
+
+    /// The statement, noting the settings change running it makes.
+    pub fn with_change(self, change: Option<Arc<SettingsChange>>) -> Statement {
+        Statement { change, ..self }
     }
 }
 

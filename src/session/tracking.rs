@@ -9,6 +9,9 @@
 //! from state it made.
 
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use bytes::Bytes;
 
 use super::params::push_set;
 
@@ -37,6 +40,36 @@ pub enum Classified {
     Pins(&'static str),
     /// Several statements; see [`statements`] for each.
     Multi,
+}
+
+/// The settings change a prepared statement makes each time it runs: noted at Parse, queued
+/// only when a portal of the statement is executed (a statement prepared and never run
+/// changes nothing).
+#[derive(Debug)]
+pub struct SettingsChange {
+    /// Set, Reset, ResetAll or DiscardAll.
+    pub class: Classified,
+    /// The statement's text, replayed for a Set.
+    pub text: Bytes,
+}
+
+impl SettingsChange {
+    /// The change running `sql` (classified as `class`) makes, if any.
+    pub fn of(class: &Classified, sql: &[u8]) -> Option<Arc<SettingsChange>> {
+        matches!(
+            class,
+            Classified::Set { .. }
+                | Classified::Reset { .. }
+                | Classified::ResetAll
+                | Classified::DiscardAll
+        )
+        .then(|| {
+            Arc::new(SettingsChange {
+                class: class.clone(),
+                text: Bytes::copy_from_slice(sql),
+            })
+        })
+    }
 }
 
 /// Classifies the SQL of a Query or Parse message as a whole: its one statement, or `Multi`
@@ -430,11 +463,21 @@ fn skip_space_and_comments(mut s: &[u8]) -> &[u8] {
     }
 }
 
+/// The settings fingerprint of a connection known to carry no client's settings exactly (a
+/// client's fingerprint is zero or odd).
+pub const UNKNOWN_SETTINGS: u64 = 2;
+
 /// The settings a client wants on every backend connection it uses, as SQL to replay, with a
 /// fingerprint so a connection already carrying them is recognised by one comparison.
+///
+/// Startup parameters are kept apart from later changes: RESET and RESET ALL return a
+/// setting to the client's startup value, as Postgres does, never to the backend
+/// connection's own.
 #[derive(Debug, Default, Clone)]
 pub struct Settings {
-    /// (lower-cased name, statement) in the order first set.
+    /// (lower-cased name, statement) from the startup packet.
+    startup: Vec<(String, String)>,
+    /// (lower-cased name, statement) set since, in the order first set.
     entries: Vec<(String, String)>,
     fingerprint: u64,
 }
@@ -446,6 +489,8 @@ impl Settings {
         for (name, value) in params {
             s.set_value(name, value);
         }
+        s.startup = std::mem::take(&mut s.entries);
+        s.refresh();
         s
     }
 
@@ -456,7 +501,7 @@ impl Settings {
 
     /// True when there is nothing to apply.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.startup.is_empty() && self.entries.is_empty()
     }
 
     /// Records `SET name TO value`.
@@ -473,16 +518,20 @@ impl Settings {
         self.put(name, text);
     }
 
-    /// Forgets one setting (RESET name).
-    pub fn reset(&mut self, name: &str) {
+    /// Returns one setting to its startup value (RESET name). True when that is a value the
+    /// backend connection's own RESET did not give it.
+    pub fn reset(&mut self, name: &str) -> bool {
         self.entries.retain(|(n, _)| n != name);
         self.refresh();
+        self.startup.iter().any(|(n, _)| n == name)
     }
 
-    /// Forgets all settings (RESET ALL, DISCARD ALL).
-    pub fn clear(&mut self) {
+    /// Returns all settings to their startup values (RESET ALL, DISCARD ALL). True when the
+    /// backend connection's own RESET ALL did not give it those.
+    pub fn clear(&mut self) -> bool {
         self.entries.clear();
         self.refresh();
+        !self.startup.is_empty()
     }
 
     fn put(&mut self, name: String, sql: String) {
@@ -494,10 +543,11 @@ impl Settings {
     }
 
     fn refresh(&mut self) {
-        self.fingerprint = if self.entries.is_empty() {
+        self.fingerprint = if self.is_empty() {
             0
         } else {
             let mut h = std::collections::hash_map::DefaultHasher::new();
+            self.startup.hash(&mut h);
             self.entries.hash(&mut h);
             h.finish() | 1
         };
@@ -506,7 +556,7 @@ impl Settings {
     /// One SQL string that makes a connection carry exactly these settings.
     pub fn apply_sql(&self) -> String {
         let mut sql = String::from("RESET ALL");
-        for (_, stmt) in &self.entries {
+        for (_, stmt) in self.startup.iter().chain(&self.entries) {
             sql.push(';');
             sql.push_str(stmt);
         }
@@ -710,7 +760,17 @@ mod tests {
             a.apply_sql(),
             "RESET ALL;SET application_name TO E'x';SET search_path TO app"
         );
-        a.clear();
-        assert_eq!(a.fingerprint(), 0);
+        // RESET ALL returns to the startup values, not to nothing.
+        assert!(a.clear(), "the backend's RESET ALL lost the startup value");
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.apply_sql(), "RESET ALL;SET application_name TO E'x'");
+        a.set_value("application_name", "y");
+        assert!(a.reset("application_name"));
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        a.set_value("TimeZone", "UTC");
+        assert!(!a.reset("timezone"), "not a startup parameter");
+        let mut none = Settings::from_startup(&[]);
+        assert_eq!(none.fingerprint(), 0);
+        assert!(!none.clear());
     }
 }

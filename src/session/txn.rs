@@ -24,7 +24,9 @@ use super::prepared::{self, ClientStatements, MAX_STATEMENTS_PER_CLIENT, Stateme
 use super::relay::{Passes, Waiting};
 use super::sockio::{ReadArm, RelayIo};
 use super::spare;
-use super::tracking::{Classified, Settings, classify, statements};
+use super::tracking::{
+    Classified, Settings, SettingsChange, UNKNOWN_SETTINGS, classify, statements,
+};
 use crate::config::SessionStatePolicy;
 use crate::error::ClientError;
 use crate::pool::{CheckoutError, Gate, KickSwitch, PooledConn, TenantPool};
@@ -45,8 +47,20 @@ const MAX_DECODED_SERVER_MESSAGE: usize = 1 << 20;
 /// Longest prefix of a Bind message searched for its two names.
 const MAX_BIND_NAMES: usize = 8 * 1024;
 
+/// Portals whose execution changes settings that one client may have open; beyond, the client
+/// is pinned to its connection, where its settings need no tracking.
+const MAX_PORTAL_CHANGES: usize = 1024;
+
 /// Replies outstanding before the proxy stops reading a pipelining client.
 const MAX_EXPECTED: usize = 64 * 1024;
+
+/// The statement standing in for the Sync of a refused batch (see
+/// `TxnSession::sync_after_refusal`).
+const REFUSAL_STAND_IN: &str =
+    "DO $pgtenant$BEGIN RAISE EXCEPTION 'refused by pgtenant'; END$pgtenant$";
+
+/// Backend name of the statement `TxnSession::probe_parse` makes and closes.
+const PROBE_STATEMENT: &str = "pgtenant_probe";
 
 /// Reported parameters a client cannot set, so never replayed.
 const UNSETTABLE_PARAMETERS: &[&str] = &[
@@ -96,13 +110,19 @@ enum Owner {
     /// The proxy's replacement for a Sync after a refused message: only its ReadyForQuery is
     /// forwarded.
     SyncStandIn,
+    /// A client's Parse of a name it already has, sent under a name the backend already has
+    /// so that the backend checks the text first, as Postgres does: its error is the client's,
+    /// except the expected "already exists", which the proxy words with the client's name.
+    DuplicateCheck,
 }
 
 /// A reply the proxy writes itself, in order with the backend's.
 #[derive(Debug)]
 enum Local {
-    ParseComplete,
-    CloseComplete,
+    /// A named Parse of a statement the connection already has.
+    ParseComplete(NamedStatement),
+    /// A Close the proxy answers alone; of a named statement, the one it forgot.
+    CloseComplete(Option<NamedStatement>),
     Error(Box<ClientError>),
     CommandComplete(&'static str),
     /// ReadyForQuery with the transaction status the backend last reported.
@@ -121,11 +141,47 @@ enum Expect {
     /// Where the client ended a COPY FROM STDIN (CopyDone or CopyFail): Syncs it sent before
     /// this point, while the backend was in copy-in mode, are ignored by the backend.
     CopyEnd,
+    /// A settings change of the statement whose reply follows (see `TxnSession::pend`).
+    Pending(Pending),
+}
+
+/// What the client's next message must wait for before the proxy handles it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Barrier {
+    None,
+    /// A Sync went out while statements the proxy created or forgot in advance could still be
+    /// undone (a failed or skipped Parse or Close): messages after the Sync run on the backend
+    /// whatever happened, so the proxy must know which statements exist before it maps names.
+    Undoable,
+    /// DISCARD ALL went out: which statements exist is known once it has been answered.
+    Drained,
+}
+
+impl Expect {
+    /// A reply whose failure, or whose request the backend skips, changes which statements
+    /// the client or the connection has (see `TxnSession::undo`).
+    fn may_be_undone(&self) -> bool {
+        matches!(
+            self,
+            Expect::Reply { parse: Some(_), .. }
+                | Expect::Local(Local::ParseComplete(_) | Local::CloseComplete(Some(_)))
+        )
+    }
 }
 
 #[derive(Debug)]
 struct ParseUndo {
     client_name: Option<Box<[u8]>>,
+    stmt: Arc<Statement>,
+    /// The Parse prepares `stmt` on the backend (not a probe): failing, it is not there.
+    on_backend: bool,
+}
+
+/// A client's statement name and the statement it stood for: what a Parse or Close the proxy
+/// answered alone changed, undone if the backend skips the batch before it.
+#[derive(Debug)]
+struct NamedStatement {
+    name: Box<[u8]>,
     stmt: Arc<Statement>,
 }
 
@@ -186,6 +242,8 @@ pub struct TxnSession<'a> {
     sin_fwd: usize,
     cout: BytesMut,
     client_stream_left: usize,
+    /// The rest of the client message being streamed is dropped, not forwarded.
+    client_stream_dropped: bool,
     server_stream_left: usize,
     server_stream_forward: bool,
     expect: VecDeque<Expect>,
@@ -198,6 +256,16 @@ pub struct TxnSession<'a> {
     /// The class of the Query at the front of `cin`, kept while it waits for a backend so the
     /// text is classified once per query.
     waiting_query: Option<Classified>,
+    /// The settings change the unnamed statement makes when run.
+    unnamed_change: Option<Arc<SettingsChange>>,
+    /// Open portals (by name, "" the unnamed one) whose execution changes settings.
+    portal_changes: Vec<(Box<[u8]>, Arc<SettingsChange>)>,
+    /// What the client's next message waits for (see `settled`).
+    barrier: Barrier,
+    /// The backend is skipping to the next Sync after an error, and the client has not sent
+    /// that Sync yet: its messages until then are dropped, as the backend would skip them
+    /// and answer none.
+    backend_skips: bool,
     /// The last Parse text classified as plain: drivers send the same text in an unnamed Parse
     /// for every execution, and a comparison is cheaper than classifying it again.
     plain_sql: Vec<u8>,
@@ -258,6 +326,7 @@ impl<'a> TxnSession<'a> {
             sin_fwd: 0,
             cout: spare::take(READ_CHUNK),
             client_stream_left: 0,
+            client_stream_dropped: false,
             server_stream_left: 0,
             server_stream_forward: true,
             expect: VecDeque::new(),
@@ -268,6 +337,10 @@ impl<'a> TxnSession<'a> {
             last_status: b'I',
             pinned: None,
             waiting_query: None,
+            unnamed_change: None,
+            portal_changes: Vec::new(),
+            barrier: Barrier::None,
+            backend_skips: false,
             plain_sql: Vec::new(),
             client_arm: ReadArm::default(),
             server_arm: ReadArm::default(),
@@ -594,8 +667,8 @@ impl<'a> TxnSession<'a> {
     fn write_local(&mut self, reply: Local) {
         self.spill_server();
         match reply {
-            Local::ParseComplete => self.cout.put_slice(&[b'1', 0, 0, 0, 4]),
-            Local::CloseComplete => self.cout.put_slice(&[b'3', 0, 0, 0, 4]),
+            Local::ParseComplete(_) => self.cout.put_slice(&[b'1', 0, 0, 0, 4]),
+            Local::CloseComplete(_) => self.cout.put_slice(&[b'3', 0, 0, 0, 4]),
             Local::Error(e) => messages::error_response(&mut self.cout, &e),
             Local::CommandComplete(tag) => messages::write_message(&mut self.cout, b'C', |b| {
                 b.put_slice(tag.as_bytes());
@@ -612,16 +685,21 @@ impl<'a> TxnSession<'a> {
     fn flush_locals(&mut self) {
         if matches!(
             self.expect.front(),
-            Some(Expect::Local(_) | Expect::CopyEnd)
+            Some(Expect::Local(_) | Expect::CopyEnd | Expect::Pending(_))
         ) {
             self.write_front_locals();
         }
     }
 
     fn write_front_locals(&mut self) {
-        while let Some(Expect::Local(_) | Expect::CopyEnd) = self.expect.front() {
-            if let Some(Expect::Local(reply)) = self.expect.pop_front() {
-                self.write_local(reply);
+        while let Some(Expect::Local(_) | Expect::CopyEnd | Expect::Pending(_)) =
+            self.expect.front()
+        {
+            match self.expect.pop_front() {
+                Some(Expect::Local(reply)) => self.write_local(reply),
+                // Everything before it has been answered: its statement runs now.
+                Some(Expect::Pending(change)) => self.pending.push(change),
+                _ => {}
             }
         }
     }
@@ -661,11 +739,14 @@ impl<'a> TxnSession<'a> {
                 if n == 0 {
                     return Ok(moved);
                 }
-                if !self.skipping {
+                if !self.client_stream_dropped {
                     self.sout.put_slice(&self.cin[..n]);
                 }
                 self.cin.advance(n);
                 self.client_stream_left -= n;
+                if self.client_stream_left == 0 {
+                    self.client_stream_dropped = false;
+                }
                 moved = true;
                 continue;
             }
@@ -674,6 +755,7 @@ impl<'a> TxnSession<'a> {
                 || self.expect.len() >= MAX_EXPECTED
                 || self.acquiring.is_some()
                 || self.held.is_some()
+                || (self.barrier != Barrier::None && !self.settled())
             {
                 return Ok(moved);
             }
@@ -691,12 +773,13 @@ impl<'a> TxnSession<'a> {
                 self.client_done = true;
                 return Ok(true);
             }
-            if self.skipping {
+            if self.skipping || self.backend_skips {
                 if tag != b'S' {
                     if whole {
                         self.cin.advance(len + 1);
                     } else {
                         self.client_stream_left = len + 1 - self.cin.len();
+                        self.client_stream_dropped = true;
                         self.cin.clear();
                     }
                     moved = true;
@@ -705,11 +788,15 @@ impl<'a> TxnSession<'a> {
                 if !whole {
                     return Ok(moved);
                 }
-                self.skipping = false;
-                self.cin.advance(len + 1);
-                self.sync_after_refusal();
-                moved = true;
-                continue;
+                self.backend_skips = false;
+                if self.skipping {
+                    self.skipping = false;
+                    self.cin.advance(len + 1);
+                    self.sync_after_refusal();
+                    moved = true;
+                    continue;
+                }
+                // The Sync itself goes on as usual.
             }
             // A client pinned to its backend starts its next transaction here.
             if !self.in_txn && self.backend.is_some() && !self.pass_gate()? {
@@ -758,6 +845,23 @@ impl<'a> TxnSession<'a> {
         }
     }
 
+    /// True once nothing queued may still be undone, which lifts the barrier at a Sync: the
+    /// client's messages after a Sync run on the backend whatever happened before it, so the
+    /// proxy must know which statements exist (for the client and on the connection) before
+    /// it maps their names.
+    #[cold]
+    fn settled(&mut self) -> bool {
+        let settled = match self.barrier {
+            Barrier::None => true,
+            Barrier::Undoable => !self.expect.iter().any(Expect::may_be_undone),
+            Barrier::Drained => self.expect.is_empty() || self.backend_skips,
+        };
+        if settled {
+            self.barrier = Barrier::None;
+        }
+        settled
+    }
+
     /// Keeps [`TxnSession::unsynced`] for a client message handled while a backend is held:
     /// a Query, a FunctionCall or a Sync the backend will act on ends a batch with a
     /// ReadyForQuery; Flush and copy data change nothing; anything else opens a batch.
@@ -774,21 +878,35 @@ impl<'a> TxnSession<'a> {
 
     /// The Sync that ends a refused batch: a held backend must fail its transaction too, so a
     /// statement that raises stands in for the Sync; without one, the proxy answers alone.
+    ///
+    /// The stand-in goes by the extended protocol, ending in a Sync of its own: a backend
+    /// already skipping to the next Sync after an earlier error in the batch skips it whole and
+    /// answers the Sync, one that is not runs it, fails and answers the Sync. Either way one
+    /// ReadyForQuery ends the batch, as the client's Sync would have.
     fn sync_after_refusal(&mut self) {
-        if self.backend.is_some() {
-            messages::query(
-                &mut self.sout,
-                "DO $pgtenant$BEGIN RAISE EXCEPTION 'refused by pgtenant'; END$pgtenant$",
-            );
-            self.unsynced = false;
+        if self.backend.is_none() {
+            self.last_status = b'I';
+            self.local(Local::ReadyForQuery);
+            return;
+        }
+        let out = &mut self.sout;
+        messages::write_message(out, b'P', |b| {
+            b.put_u8(0);
+            b.put_slice(REFUSAL_STAND_IN.as_bytes());
+            b.put_u8(0);
+            b.put_u16(0);
+        });
+        // Unnamed portal and statement; no parameters, no result columns.
+        messages::write_message(out, b'B', |b| b.put_slice(&[0, 0, 0, 0, 0, 0, 0, 0]));
+        messages::write_message(out, b'E', |b| b.put_slice(&[0, 0, 0, 0, 0]));
+        messages::write_message(out, b'S', |_| {});
+        self.unsynced = false;
+        for reply in [Reply::Parse, Reply::Bind, Reply::Execute, Reply::Sync] {
             self.expect.push_back(Expect::Reply {
-                reply: Reply::Query,
+                reply,
                 owner: Owner::SyncStandIn,
                 parse: None,
             });
-        } else {
-            self.last_status = b'I';
-            self.local(Local::ReadyForQuery);
         }
     }
 
@@ -829,14 +947,32 @@ impl<'a> TxnSession<'a> {
             _ if !held => Ok(Step::NeedBackend),
             b'B' => self.bind(len),
             _ => {
+                if tag == b'E' && !self.portal_changes.is_empty() {
+                    if !whole {
+                        return Ok(Step::NeedMore);
+                    }
+                    self.execute_portal(len);
+                }
                 let take = (len + 1).min(self.cin.len());
                 self.sout.put_slice(&self.cin[..take]);
                 self.cin.advance(take);
                 self.client_stream_left = len + 1 - take;
                 match tag {
-                    b'E' => self.expect_reply(Reply::Execute),
+                    b'E' => {
+                        self.expect_reply(Reply::Execute);
+                        // A barrier mid-batch waits for replies the backend keeps until a
+                        // Flush.
+                        if self.barrier == Barrier::Drained {
+                            messages::write_message(&mut self.sout, b'H', |_| {});
+                        }
+                    }
                     // In copy-in mode the backend ignores Sync.
-                    b'S' if !self.copy_in => self.expect_reply(Reply::Sync),
+                    b'S' if !self.copy_in => {
+                        if self.expect.iter().any(Expect::may_be_undone) {
+                            self.barrier = Barrier::Undoable;
+                        }
+                        self.expect_reply(Reply::Sync);
+                    }
                     b'F' => self.expect_reply(Reply::Query),
                     b'c' | b'f' if self.copy_in => self.copy_in = false,
                     // The backend has not said CopyInResponse yet (or this is no COPY): mark
@@ -864,31 +1000,113 @@ impl<'a> TxnSession<'a> {
             return Ok(Step::NeedBackend);
         }
         let class = self.classify_parse(sql);
-        if self.watch_statement(sql, class, true) {
+        let change = match class {
+            // Postgres refuses several statements in one Parse.
+            Classified::Multi => None,
+            _ if self.pinned.is_some() => None,
+            _ => SettingsChange::of(&class, sql),
+        };
+        if change.is_none() && class != Classified::Multi && self.watch_statement(sql, class, true)
+        {
             return Ok(Step::Done);
         }
         if name.is_empty() {
+            self.unnamed_change = change;
             self.sout.put_slice(msg);
             self.expect_reply(Reply::Parse);
             return Ok(Step::Done);
         }
-        if self.statements.contains(name) {
-            self.refuse(ClientError::duplicate_statement(&String::from_utf8_lossy(
-                name,
-            )));
+        if let Some(old) = self.statements.get(name).cloned() {
+            self.parse_duplicate(name, rest, &old);
             return Ok(Step::Done);
         }
-        let stmt = Arc::new(Statement::from_parse(rest));
+        let stmt = Arc::new(Statement::from_parse(rest).with_change(change));
         if !self.statements.insert(name, stmt.clone()) {
             self.refuse(ClientError::too_many_statements(MAX_STATEMENTS_PER_CLIENT));
             return Ok(Step::Done);
         }
         if self.on_backend(&stmt) {
-            self.local(Local::ParseComplete);
+            if self.parse_would_succeed() {
+                self.local(Local::ParseComplete(NamedStatement {
+                    name: name.into(),
+                    stmt,
+                }));
+            } else {
+                self.probe_parse(name, rest, stmt);
+            }
         } else {
             self.prepare_on_backend(&stmt, Owner::Client, Some(name.into()));
         }
         Ok(Step::Done)
+    }
+
+    /// A Parse of a name the client already has fails, but Postgres checks the text first (its
+    /// syntax, a failed transaction, the objects it names) and reports what it finds before
+    /// the duplicate. The text goes to the backend under the backend name of the client's
+    /// statement, prepared there first if needed, so the backend makes the same checks in the
+    /// same order and then fails with 42P05 (see [`Owner::DuplicateCheck`]).
+    fn parse_duplicate(&mut self, name: &[u8], rest: &[u8], old: &Arc<Statement>) {
+        if !self.on_backend(old) {
+            self.prepare_on_backend(old, Owner::Proxy, None);
+        }
+        messages::write_message(&mut self.sout, b'P', |b| {
+            b.put_slice(old.backend_name.as_bytes());
+            b.put_u8(0);
+            b.put_slice(rest);
+        });
+        self.expect.push_back(Expect::Reply {
+            reply: Reply::Parse,
+            owner: Owner::DuplicateCheck,
+            parse: None,
+        });
+        let err = ClientError::duplicate_statement(&String::from_utf8_lossy(name));
+        self.expect
+            .push_back(Expect::Local(Local::Error(Box::new(err))));
+    }
+
+    /// True when a Parse of a statement the connection already has would succeed on it now:
+    /// nothing of the client's is outstanding, and its transaction has not failed (where
+    /// Postgres refuses every Parse but COMMIT's and ROLLBACK's).
+    #[inline]
+    fn parse_would_succeed(&self) -> bool {
+        self.last_status != b'E'
+            && self.expect.iter().all(|e| {
+                matches!(
+                    e,
+                    Expect::Reply {
+                        reply: Reply::Query,
+                        owner: Owner::Proxy,
+                        ..
+                    }
+                )
+            })
+    }
+
+    /// A Parse whose outcome the proxy cannot know (behind replies still to come, or in a
+    /// failed transaction): the text is parsed on the backend under a scratch name, closed
+    /// again at once, and the backend's answer is the client's.
+    #[cold]
+    fn probe_parse(&mut self, name: &[u8], rest: &[u8], stmt: Arc<Statement>) {
+        messages::write_message(&mut self.sout, b'P', |b| {
+            b.put_slice(PROBE_STATEMENT.as_bytes());
+            b.put_u8(0);
+            b.put_slice(rest);
+        });
+        prepared::write_statement_target(&mut self.sout, b'C', PROBE_STATEMENT);
+        self.expect.push_back(Expect::Reply {
+            reply: Reply::Parse,
+            owner: Owner::Client,
+            parse: Some(ParseUndo {
+                client_name: Some(name.into()),
+                stmt,
+                on_backend: false,
+            }),
+        });
+        self.expect.push_back(Expect::Reply {
+            reply: Reply::Close,
+            owner: Owner::Proxy,
+            parse: None,
+        });
     }
 
     /// True when the backend has `stmt`; marks it used.
@@ -925,6 +1143,7 @@ impl<'a> TxnSession<'a> {
             parse: Some(ParseUndo {
                 client_name,
                 stmt: stmt.clone(),
+                on_backend: true,
             }),
         });
     }
@@ -999,22 +1218,30 @@ impl<'a> TxnSession<'a> {
     /// Queues a settings change of one statement, applied if its transaction commits.
     fn track(&mut self, class: Classified, text: &[u8]) {
         match class {
-            Classified::Set { name } => self
-                .pending
-                .push(Pending::Set(name, Bytes::copy_from_slice(text))),
-            Classified::Reset { name } => self.pending.push(Pending::Reset(name)),
-            Classified::ResetAll => self.pending.push(Pending::ResetAll),
+            Classified::Set { name } => self.pend(Pending::Set(name, Bytes::copy_from_slice(text))),
+            Classified::Reset { name } => self.pend(Pending::Reset(name)),
+            Classified::ResetAll => self.pend(Pending::ResetAll),
             Classified::DiscardAll => {
-                self.pending.push(Pending::ResetAll);
-                self.statements.clear();
-                if let Some(conn) = self.backend.as_mut() {
-                    conn.conn().statements.clear();
-                }
+                self.pend(Pending::ResetAll);
+                // Which statements exist afterwards is known when it has run (see
+                // `command_complete`); the client's next messages wait for that.
+                self.barrier = Barrier::Drained;
             }
             Classified::Plain
             | Classified::Deallocate(_)
             | Classified::Pins(_)
             | Classified::Multi => {}
+        }
+    }
+
+    /// A settings change of the statement being sent. It belongs to that statement's
+    /// transaction, so it waits in the queue behind the replies still due for earlier ones
+    /// (whose transaction may end first), and is dropped if the backend skips the statement.
+    fn pend(&mut self, change: Pending) {
+        if self.expect.is_empty() {
+            self.pending.push(change);
+        } else {
+            self.expect.push_back(Expect::Pending(change));
         }
     }
 
@@ -1052,6 +1279,11 @@ impl<'a> TxnSession<'a> {
         }
         if self.watch_statement(sql, class, false) {
             return Step::Done;
+        }
+        // A simple query drops the unnamed statement and portal.
+        if self.unnamed_change.is_some() || !self.portal_changes.is_empty() {
+            self.unnamed_change = None;
+            self.portal_changes.retain(|(portal, _)| !portal.is_empty());
         }
         self.sout.put_slice(msg);
         self.expect_reply(Reply::Query);
@@ -1096,13 +1328,19 @@ impl<'a> TxnSession<'a> {
             && !name.is_empty()
             && (self.pinned.is_none() || self.statements.contains(name))
         {
-            self.statements.remove(name);
-            self.local(Local::CloseComplete);
+            let closed = self.statements.remove(name).map(|stmt| NamedStatement {
+                name: name.into(),
+                stmt,
+            });
+            self.local(Local::CloseComplete(closed));
             return Ok(Step::Done);
+        }
+        if kind == b'P' && !self.portal_changes.is_empty() {
+            self.portal_changes.retain(|(portal, _)| **portal != *name);
         }
         if self.backend.is_none() {
             // Outside a transaction there are no portals, and unnamed statements are gone.
-            self.local(Local::CloseComplete);
+            self.local(Local::CloseComplete(None));
             return Ok(Step::Done);
         }
         self.sout.put_slice(msg);
@@ -1130,6 +1368,15 @@ impl<'a> TxnSession<'a> {
         } else {
             self.statements.get(stmt_name).cloned()
         };
+        let change = match &stmt {
+            Some(stmt) => stmt.change.clone(),
+            None if stmt_name.is_empty() => self.unnamed_change.clone(),
+            None => None,
+        };
+        if change.is_some() || !self.portal_changes.is_empty() {
+            let portal: Box<[u8]> = self.cin[5..5 + portal_len].into();
+            self.bind_portal(portal, change);
+        }
         match stmt {
             None => {
                 // Unnamed, or unknown to the proxy: the backend answers as it would.
@@ -1159,6 +1406,38 @@ impl<'a> TxnSession<'a> {
         }
         self.expect_reply(Reply::Bind);
         Ok(Step::Done)
+    }
+
+    /// Notes what executing `portal` will do to the client's settings (a Bind replaces the
+    /// portal of the same name).
+    #[cold]
+    fn bind_portal(&mut self, portal: Box<[u8]>, change: Option<Arc<SettingsChange>>) {
+        self.portal_changes.retain(|(name, _)| *name != portal);
+        let Some(change) = change else {
+            return;
+        };
+        if self.portal_changes.len() >= MAX_PORTAL_CHANGES {
+            tracing::info!(tenant = %self.pool.tenant, reason = "many open portals that change settings", "client pinned to its backend connection");
+            self.pinned = Some("many open portals that change settings");
+            self.portal_changes.clear();
+            return;
+        }
+        self.portal_changes.push((portal, change));
+    }
+
+    /// Execute of a portal whose statement changes settings: the change is queued, to stick
+    /// if the transaction commits. `cin` holds the whole message.
+    #[cold]
+    fn execute_portal(&mut self, len: usize) {
+        let portal = prepared::cstr(&self.cin[5..len + 1]).map_or(&[][..], |(n, _)| n);
+        let change = self
+            .portal_changes
+            .iter()
+            .find(|(name, _)| **name == *portal)
+            .map(|(_, change)| change.clone());
+        if let Some(change) = change {
+            self.track(change.class.clone(), &change.text);
+        }
     }
 
     /// Moves the approved backend bytes into `cout`, so something can be added after them or a
@@ -1306,10 +1585,13 @@ impl<'a> TxnSession<'a> {
                     )));
                 }
                 let status = self.server_msg()[5];
-                let Some(Expect::Reply { owner, .. }) = self.expect.pop_front() else {
+                if front_owner == Some(Owner::SyncStandIn) && front_reply != Some(Reply::Sync) {
+                    self.skip_stand_in();
+                }
+                let Some(Expect::Reply { owner, reply, .. }) = self.expect.pop_front() else {
                     return Err(self.lost_track(tag));
                 };
-                if !matches!(front_reply, Some(Reply::Sync | Reply::Query)) {
+                if !matches!(reply, Reply::Sync | Reply::Query) {
                     return Err(self.lost_track(tag));
                 }
                 self.last_status = status;
@@ -1334,34 +1616,18 @@ impl<'a> TxnSession<'a> {
                     self.stats
                         .record_backend_error(&self.server_msg()[5..len + 1]);
                 }
+                if front_owner == Some(Owner::DuplicateCheck) {
+                    return Ok(self.duplicate_checked(len));
+                }
                 let action = ServerAction::for_owner(front_owner);
                 if front_owner == Some(Owner::Proxy) && front_reply == Some(Reply::Query) {
                     tracing::warn!(tenant = %self.pool.tenant, "replaying client settings failed; the connection will be closed");
                     self.poisoned = true;
                 }
-                match front_reply {
-                    Some(Reply::Query) | None => {}
-                    Some(_) => {
-                        // Extended protocol: the backend skips to the next Sync, and a Query
-                        // or FunctionCall the client sent before that Sync is skipped too.
-                        self.pop_front_undoing();
-                        while let Some(e) = self.expect.front() {
-                            if matches!(
-                                e,
-                                Expect::Reply {
-                                    reply: Reply::Sync,
-                                    ..
-                                } | Expect::Reply {
-                                    reply: Reply::Query,
-                                    owner: Owner::Proxy | Owner::SyncStandIn,
-                                    ..
-                                }
-                            ) {
-                                break;
-                            }
-                            self.pop_front_undoing();
-                        }
-                    }
+                // A Query's error comes before its ReadyForQuery, and so does the error of the
+                // commit at a Sync; any other is an extended-protocol message's.
+                if !matches!(front_reply, Some(Reply::Query | Reply::Sync) | None) {
+                    self.skip_to_sync();
                 }
                 // An injected Parse failing shows the client why its Bind cannot run.
                 if front_owner == Some(Owner::Proxy) && front_reply == Some(Reply::Parse) {
@@ -1375,7 +1641,8 @@ impl<'a> TxnSession<'a> {
                     b'2' => Reply::Bind,
                     _ => Reply::Close,
                 };
-                if front_reply != Some(want) {
+                // A duplicate check that succeeds changed a statement the connection shares.
+                if front_reply != Some(want) || front_owner == Some(Owner::DuplicateCheck) {
                     return Err(self.lost_track(tag));
                 }
                 self.expect.pop_front();
@@ -1416,7 +1683,15 @@ impl<'a> TxnSession<'a> {
         let tag = self.server_msg().get(5..len).unwrap_or_default();
         match tag {
             b"ROLLBACK" => self.txn_failed = true,
-            b"DISCARD ALL" | b"DEALLOCATE ALL" => {
+            b"DISCARD ALL" => {
+                self.statements.clear();
+                self.unnamed_change = None;
+                self.portal_changes.clear();
+                if let Some(conn) = self.backend.as_mut() {
+                    conn.conn().statements.clear();
+                }
+            }
+            b"DEALLOCATE ALL" => {
                 if let Some(conn) = self.backend.as_mut() {
                     conn.conn().statements.clear();
                 }
@@ -1449,40 +1724,141 @@ impl<'a> TxnSession<'a> {
 
     /// A transaction ended: settings changed inside it stick unless it failed or rolled back.
     fn end_of_transaction(&mut self) {
+        // Portals end with their transaction.
+        self.portal_changes.clear();
         let failed = std::mem::take(&mut self.txn_failed);
         let pending = std::mem::take(&mut self.pending);
         if failed || pending.is_empty() {
             return;
         }
+        // A RESET of a startup parameter left the connection at its own startup value, not the
+        // client's: the next transaction on it sets it again.
+        let mut differs = false;
         for p in pending {
             match p {
                 Pending::Set(name, sql) => self.settings.set_statement(name, &sql),
-                Pending::Reset(name) => self.settings.reset(&name),
-                Pending::ResetAll => self.settings.clear(),
+                Pending::Reset(name) => differs |= self.settings.reset(&name),
+                Pending::ResetAll => differs |= self.settings.clear(),
             }
         }
         if let Some(conn) = self.backend.as_mut() {
-            conn.conn().settings_fingerprint = self.settings.fingerprint();
+            conn.conn().settings_fingerprint = if differs {
+                UNKNOWN_SETTINGS
+            } else {
+                self.settings.fingerprint()
+            };
         }
     }
 
-    /// Drops the front entry; a failed Parse leaves no trace of its statement.
-    fn pop_front_undoing(&mut self) {
-        if let Some(Expect::Reply {
-            parse: Some(undo), ..
-        }) = self.expect.pop_front()
+    /// A ReadyForQuery came while the Sync stand-in's Parse, Bind and Execute still wait: the
+    /// backend was skipping to the Sync and skipped them, so they will never be answered.
+    #[cold]
+    fn skip_stand_in(&mut self) {
+        while let Some(Expect::Reply {
+            owner: Owner::SyncStandIn,
+            reply: Reply::Parse | Reply::Bind | Reply::Execute,
+            ..
+        }) = self.expect.front()
         {
-            if let Some(conn) = self.backend.as_mut() {
-                conn.conn().statements.remove(&undo.stmt.backend_name);
+            self.expect.pop_front();
+        }
+    }
+
+    /// An extended-protocol message failed: the backend skips everything up to the next Sync,
+    /// a Query or FunctionCall the client sent before that Sync too, so nothing it would have
+    /// answered in between is awaited, and what the proxy did in advance for those messages is
+    /// undone, latest first, as if they had never come.
+    #[cold]
+    fn skip_to_sync(&mut self) {
+        self.skip_to_sync_after(1);
+    }
+
+    /// Like [`TxnSession::skip_to_sync`], for a failure `certain` entries into the queue.
+    fn skip_to_sync_after(&mut self, certain: usize) {
+        let skipped = certain
+            + self
+                .expect
+                .iter()
+                .skip(certain)
+                .take_while(|e| {
+                    !matches!(
+                        e,
+                        Expect::Reply {
+                            reply: Reply::Sync,
+                            ..
+                        } | Expect::Reply {
+                            reply: Reply::Query,
+                            owner: Owner::Proxy,
+                            ..
+                        }
+                    )
+                })
+                .count();
+        // Nothing up to a Sync is left: the client has yet to send it.
+        self.backend_skips = skipped == self.expect.len();
+        let skipped: Vec<Expect> = self.expect.drain(..skipped).collect();
+        for entry in skipped.into_iter().rev() {
+            self.undo(entry);
+        }
+    }
+
+    /// The backend's error for a duplicate check (see [`Owner::DuplicateCheck`]): an error in
+    /// the text reaches the client as it is; the expected duplicate is replaced by the proxy's
+    /// own, which names the client's statement. Either way the backend skips to the Sync.
+    #[cold]
+    fn duplicate_checked(&mut self, len: usize) -> ServerAction {
+        let body = &self.server_msg()[5..len + 1];
+        if messages::error_fields(body).0
+            != Some(crate::error::sqlstate::DUPLICATE_PREPARED_STATEMENT)
+        {
+            self.skip_to_sync();
+            return ServerAction::Forward;
+        }
+        self.expect.pop_front();
+        let own_error = self.expect.pop_front();
+        self.skip_to_sync_after(0);
+        if let Some(own_error) = own_error {
+            self.expect.push_front(own_error);
+        }
+        ServerAction::Swallow
+    }
+
+    /// Undoes what the proxy did for a message the backend skipped: a Parse leaves no trace of
+    /// its statement, and a Close it answered alone forgets nothing.
+    fn undo(&mut self, entry: Expect) {
+        match entry {
+            Expect::Reply {
+                parse: Some(undo), ..
+            } => {
+                if undo.on_backend
+                    && let Some(conn) = self.backend.as_mut()
+                {
+                    conn.conn().statements.remove(&undo.stmt.backend_name);
+                }
+                if let Some(name) = undo.client_name {
+                    self.forget_if_same(&name, &undo.stmt);
+                }
             }
-            if let Some(name) = undo.client_name
-                && self
-                    .statements
-                    .get(&name)
-                    .is_some_and(|s| Arc::ptr_eq(s, &undo.stmt))
+            Expect::Local(Local::ParseComplete(named)) => {
+                self.forget_if_same(&named.name, &named.stmt);
+            }
+            Expect::Local(Local::CloseComplete(Some(named)))
+                if !self.statements.contains(&named.name) =>
             {
-                self.statements.remove(&name);
+                self.statements.insert(&named.name, named.stmt);
             }
+            _ => {}
+        }
+    }
+
+    /// Forgets the client's `name` if it still stands for `stmt`.
+    fn forget_if_same(&mut self, name: &[u8], stmt: &Arc<Statement>) {
+        if self
+            .statements
+            .get(name)
+            .is_some_and(|s| Arc::ptr_eq(s, stmt))
+        {
+            self.statements.remove(name);
         }
     }
 

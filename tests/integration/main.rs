@@ -14,6 +14,7 @@ mod drivers;
 mod hostile;
 mod lifecycle;
 mod metrics;
+mod pipelines;
 mod pooling;
 mod routing;
 mod shutdown;

@@ -460,6 +460,19 @@ mod raw {
         b
     }
 
+    /// Sends a Parse that fails and a Flush, no Sync, and reads the error: the backend now
+    /// skips everything up to the next Sync.
+    async fn fail_without_sync(c: &mut RawClient) {
+        let mut batch = parse("", "SELEC 1");
+        frontend::flush(&mut batch);
+        c.send(&batch).await;
+        let (tag, body) = c.read().await;
+        assert_eq!(
+            (tag, pgtenant::protocol::messages::error_fields(&body).0),
+            (b'E', Some("42601"))
+        );
+    }
+
     fn sync() -> bytes::BytesMut {
         let mut b = bytes::BytesMut::new();
         frontend::sync(&mut b);
@@ -512,12 +525,7 @@ mod raw {
         let got = tokio::time::timeout(Duration::from_secs(10), b).await;
         assert_eq!(got.expect("b is answered").expect("b"), 2);
         // An error without Sync: the backend skips to the next Sync; b is served only after it.
-        a.send(&flush(parse("", "SELEC 1"))).await;
-        let (tag, body) = a.read().await;
-        assert_eq!(
-            (tag, pgtenant::protocol::messages::error_fields(&body).0),
-            (b'E', Some("42601"))
-        );
+        fail_without_sync(&mut a).await;
         let b = other(3);
         tokio::time::sleep(Duration::from_millis(300)).await;
         a.send(&sync()).await;
@@ -543,6 +551,148 @@ mod raw {
             (b"E".to_vec(), vec!["42601".to_owned()], b'I')
         );
         // Between transactions now: another client gets the only connection.
+        let b = connect(addr, "app", &slug).await.expect("b logs in");
+        let n: i32 = b.query_one("SELECT 4", &[]).await.expect("b").get(0);
+        assert_eq!(n, 4);
+        assert_eq!(a.query("SELECT 5").await, (b"TDC".to_vec(), b'I'));
+        proxy.shutdown().await;
+    }
+
+    /// After an error in a batch Postgres skips every message up to the Sync, also ones the
+    /// client sends only after it has read the error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_sent_after_an_error_are_skipped_until_the_sync() {
+        let (proxy, slug) = txn_proxy("", "pool_size = 1").await;
+        let mut a = RawClient::login(proxy.addrs[0], "app", &slug).await;
+        fail_without_sync(&mut a).await;
+        let mut rest = parse("s1", "SELECT 1");
+        rest.extend_from_slice(&parse("", "SELECT 2"));
+        rest.extend_from_slice(&bind_execute_sync(""));
+        a.send(&rest).await;
+        let got = tokio::time::timeout(Duration::from_secs(10), a.until_ready()).await;
+        assert_eq!(got.expect("the batch ends"), (vec![], vec![], b'I'));
+        // s1 was skipped too.
+        a.send(&bind_execute_sync("s1")).await;
+        assert_eq!(a.until_ready().await.1, vec!["26000".to_owned()]);
+        assert_eq!(a.query("SELECT 5").await, (b"TDC".to_vec(), b'I'));
+        proxy.shutdown().await;
+    }
+
+    /// A Parse or Close the proxy answers itself (the statement is already on the connection,
+    /// or is the client's alone) is undone when an earlier message of the batch fails, since
+    /// Postgres would have skipped it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_batch_undoes_the_parse_and_close_the_proxy_answered() {
+        let (proxy, slug) = txn_proxy("", "pool_size = 1").await;
+        let mut a = RawClient::login(proxy.addrs[0], "app", &slug).await;
+        let mut batch = parse("s1", "SELECT 1");
+        batch.extend_from_slice(&sync());
+        a.send(&batch).await;
+        assert_eq!(a.until_ready().await, (b"1".to_vec(), vec![], b'I'));
+        // s2 has s1's text, so the connection has it already; then s1 is closed. Both come
+        // after an error.
+        let mut batch = parse("", "SELEC 1");
+        batch.extend_from_slice(&parse("s2", "SELECT 1"));
+        frontend::close(b'S', "s1", &mut batch).expect("close");
+        batch.extend_from_slice(&sync());
+        a.send(&batch).await;
+        assert_eq!(
+            a.until_ready().await,
+            (b"E".to_vec(), vec!["42601".to_owned()], b'I')
+        );
+        // s2 was never made: it can be prepared with another text. s1 was never closed.
+        let mut batch = parse("s2", "SELECT 2");
+        batch.extend_from_slice(&bind_execute_sync("s2"));
+        a.send(&batch).await;
+        assert_eq!(a.until_ready().await, (b"12DC".to_vec(), vec![], b'I'));
+        a.send(&bind_execute_sync("s1")).await;
+        assert_eq!(a.until_ready().await, (b"2DC".to_vec(), vec![], b'I'));
+        proxy.shutdown().await;
+    }
+
+    /// The commit at a Sync can fail (here a deferred unique check): the error is the Sync's
+    /// own and its ReadyForQuery still ends the batch, on a connection the client can go on using.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_error_at_the_sync_itself_ends_the_batch() {
+        let (proxy, slug) = txn_proxy("", "pool_size = 1\ncheckout_timeout_ms = 10000").await;
+        let mut a = RawClient::login(proxy.addrs[0], "app", &slug).await;
+        let (_, status) = a
+            .query("CREATE TABLE deferred_check (id int UNIQUE DEFERRABLE INITIALLY DEFERRED)")
+            .await;
+        assert_eq!(status, b'I');
+        let mut batch = parse("", "INSERT INTO deferred_check VALUES (1), (1)");
+        batch.extend_from_slice(&bind_execute_sync(""));
+        a.send(&batch).await;
+        let got = tokio::time::timeout(Duration::from_secs(10), a.until_ready()).await;
+        assert_eq!(
+            got.expect("the batch ends"),
+            (b"12CE".to_vec(), vec!["23505".to_owned()], b'I')
+        );
+        assert_eq!(a.query("SELECT 5").await, (b"TDC".to_vec(), b'I'));
+        proxy.shutdown().await;
+    }
+
+    /// A statement refused in a batch ends that batch at its Sync whatever state the backend
+    /// is in: skipping to the Sync after an earlier error, inside a transaction block, or
+    /// neither; and the refusal fails a transaction block as an error in Postgres would.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_statement_ends_its_batch_at_the_sync() {
+        let (proxy, slug) = txn_proxy(
+            "[pool]\nsession_state = \"error\"",
+            "pool_size = 1\ncheckout_timeout_ms = 10000",
+        )
+        .await;
+        let addr = proxy.addrs[0];
+        let mut a = RawClient::login(addr, "app", &slug).await;
+        async fn ready(a: &mut RawClient) -> (Vec<u8>, Vec<String>, u8) {
+            tokio::time::timeout(Duration::from_secs(10), a.until_ready())
+                .await
+                .expect("the batch ends")
+        }
+        let codes = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // Behind an error in the same batch the refused Parse is skipped, as Postgres skips
+        // everything up to the Sync: only the first error is heard.
+        let mut batch = parse("", "SELEC 1");
+        batch.extend_from_slice(&parse("", "LISTEN news"));
+        batch.extend_from_slice(&sync());
+        a.send(&batch).await;
+        assert_eq!(
+            ready(&mut a).await,
+            (b"E".to_vec(), codes(&["42601"]), b'I')
+        );
+        assert_eq!(a.query("SELECT 5").await, (b"TDC".to_vec(), b'I'));
+        // So it is when it comes after the client has read that error.
+        fail_without_sync(&mut a).await;
+        let mut batch = parse("", "LISTEN news");
+        batch.extend_from_slice(&sync());
+        a.send(&batch).await;
+        assert_eq!(ready(&mut a).await, (vec![], vec![], b'I'));
+        assert_eq!(a.query("SELECT 5").await, (b"TDC".to_vec(), b'I'));
+        // Refused inside a transaction block: the block fails, as after any error.
+        assert_eq!(a.query("BEGIN").await, (b"C".to_vec(), b'T'));
+        let mut batch = parse("", "SELECT 1");
+        batch.extend_from_slice(&parse("", "LISTEN news"));
+        batch.extend_from_slice(&bind_execute_sync(""));
+        a.send(&batch).await;
+        assert_eq!(
+            ready(&mut a).await,
+            (b"1E".to_vec(), codes(&["0A000"]), b'E')
+        );
+        a.send_query("SELECT 1").await;
+        assert_eq!(
+            ready(&mut a).await,
+            (b"E".to_vec(), codes(&["25P02"]), b'E')
+        );
+        assert_eq!(a.query("ROLLBACK").await, (b"C".to_vec(), b'I'));
+        // Refused as the first message of a batch, with no backend held.
+        let mut batch = parse("", "LISTEN news");
+        batch.extend_from_slice(&bind_execute_sync(""));
+        a.send(&batch).await;
+        assert_eq!(
+            ready(&mut a).await,
+            (b"E".to_vec(), codes(&["0A000"]), b'I')
+        );
+        // The connection went back each time: another client gets the only one.
         let b = connect(addr, "app", &slug).await.expect("b logs in");
         let n: i32 = b.query_one("SELECT 4", &[]).await.expect("b").get(0);
         assert_eq!(n, 4);

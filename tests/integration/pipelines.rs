@@ -1,0 +1,287 @@
+//! Random pipelines of extended-protocol messages, each sent both straight to Postgres and
+//! through the proxy in transaction mode: every reply must be the same. Several clients share
+//! a pool smaller than their number, so statements move between backend connections.
+//!
+//! A failure prints the seed; `PGTENANT_FUZZ_SEED=<seed>` repeats that client's pipelines (as
+//! the first client; `PGTENANT_FUZZ_CLIENTS=1` runs it alone).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use postgres_protocol::message::frontend;
+
+use crate::support::*;
+
+/// Statement texts: plain, several rows, a parse error, an execution error, transaction
+/// control, and settings that must follow the client between connections.
+const TEXTS: &[&str] = &[
+    "SELECT 1",
+    "SELECT 2",
+    "SELECT x FROM generate_series(1, 3) x",
+    "SELEC 3",
+    "SELECT 1 / 0",
+    "BEGIN",
+    "COMMIT",
+    "ROLLBACK",
+    "SHOW application_name",
+    "SET application_name = 'fuzzed'",
+    "RESET application_name",
+    "RESET ALL",
+    "DISCARD ALL",
+];
+
+/// Simple queries sent inside a pipeline.
+const QUERIES: &[&str] = &[
+    "SELECT 7",
+    "BEGIN",
+    "COMMIT",
+    "SELC",
+    "SHOW application_name",
+    "SET application_name = 'simple'",
+    "RESET ALL",
+];
+
+const NAMES: &[&str] = &["s1", "s2", "s3"];
+
+/// xorshift64*: reproducible from its seed, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+    }
+
+    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[self.below(from.len())]
+    }
+}
+
+/// One pipeline ending in Sync, and a readable account of it. Only what behaves the same
+/// through a transaction pooler is generated: the unnamed statement and portal are used only
+/// in the batch (up to a Sync or Query) that made them, as with any transaction pooler; and a
+/// named statement is described only while the transaction cannot have failed (before the
+/// first Sync or Query, when it starts `healthy`): see the README on Describe in a failed
+/// transaction.
+fn pipeline(rng: &mut Rng, healthy: bool) -> (BytesMut, String) {
+    let mut out = BytesMut::new();
+    let mut text = String::new();
+    let mut unnamed_statement = false;
+    let mut portal = false;
+    let mut may_describe = healthy;
+    for _ in 0..1 + rng.below(8) {
+        match rng.below(10) {
+            0 | 1 => {
+                let name = if rng.below(2) == 0 {
+                    ""
+                } else {
+                    rng.pick(NAMES)
+                };
+                let sql = rng.pick(TEXTS);
+                frontend::parse(name, sql, std::iter::empty(), &mut out).expect("parse");
+                unnamed_statement |= name.is_empty();
+                let _ = write!(text, "P({name:?}, {sql:?}) ");
+            }
+            2 | 3 => {
+                let name = if unnamed_statement && rng.below(2) == 0 {
+                    ""
+                } else {
+                    rng.pick(NAMES)
+                };
+                bind(name, &mut out);
+                portal = true;
+                let _ = write!(text, "B({name:?}) ");
+            }
+            4 if portal => {
+                let rows = rng.below(3) as i32;
+                frontend::execute("", rows, &mut out).expect("execute");
+                let _ = write!(text, "E({rows}) ");
+            }
+            5 => {
+                if portal && rng.below(2) == 0 {
+                    frontend::describe(b'P', "", &mut out).expect("describe");
+                    text.push_str("D(P) ");
+                } else {
+                    let name = if unnamed_statement && (!may_describe || rng.below(3) == 0) {
+                        ""
+                    } else if may_describe {
+                        rng.pick(NAMES)
+                    } else {
+                        continue;
+                    };
+                    frontend::describe(b'S', name, &mut out).expect("describe");
+                    let _ = write!(text, "D(S {name:?}) ");
+                }
+            }
+            6 => {
+                if rng.below(3) == 0 {
+                    frontend::close(b'P', "", &mut out).expect("close");
+                    portal = false;
+                    text.push_str("C(P) ");
+                } else {
+                    let name = rng.pick(NAMES);
+                    frontend::close(b'S', name, &mut out).expect("close");
+                    let _ = write!(text, "C(S {name:?}) ");
+                }
+            }
+            7 => {
+                frontend::sync(&mut out);
+                (unnamed_statement, portal, may_describe) = (false, false, false);
+                text.push_str("S ");
+            }
+            8 => {
+                let sql = rng.pick(QUERIES);
+                frontend::query(sql, &mut out).expect("query");
+                (unnamed_statement, portal, may_describe) = (false, false, false);
+                let _ = write!(text, "Q({sql:?}) ");
+            }
+            _ => {
+                frontend::flush(&mut out);
+                text.push_str("H ");
+            }
+        }
+    }
+    frontend::sync(&mut out);
+    text.push('S');
+    (out, text)
+}
+
+/// Bind of statement `name` to the unnamed portal, without parameters, results in text.
+fn bind(name: &str, out: &mut BytesMut) {
+    frontend::bind(
+        "",
+        name,
+        std::iter::empty::<i16>(),
+        std::iter::empty::<Option<i32>>(),
+        |_: Option<i32>,
+         _: &mut BytesMut|
+         -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+            Ok(postgres_protocol::IsNull::Yes)
+        },
+        std::iter::empty(),
+        out,
+    )
+    .map_err(|_| "bind")
+    .expect("bind");
+}
+
+/// Sends a pipeline and then an empty query, whose EmptyQueryResponse and ReadyForQuery mark
+/// the end of the replies (an empty query runs even in a failed transaction). Returns every
+/// reply, as its tag with what identifies it: SQLSTATE of errors and notices, status of
+/// ReadyForQuery, contents of rows, parameter statuses and command tags.
+async fn replies(c: &mut RawClient, pipeline: &[u8]) -> Result<Vec<String>, Vec<String>> {
+    let mut bytes = BytesMut::from(pipeline);
+    frontend::query("", &mut bytes).expect("query");
+    c.send(&bytes).await;
+    let mut seen = Vec::new();
+    loop {
+        let Ok((tag, body)) = tokio::time::timeout(Duration::from_secs(20), c.read()).await else {
+            seen.push("<no reply in 20 s>".to_owned());
+            return Err(seen);
+        };
+        let what = match tag {
+            // Messages may differ: one naming a statement the proxy had mapped ahead of a
+            // failure names its backend name.
+            b'E' | b'N' => pgtenant::protocol::messages::error_fields(&body)
+                .0
+                .unwrap_or("")
+                .to_owned(),
+            b'Z' => char::from(body[0]).to_string(),
+            b'D' | b'S' | b'C' | b'T' => String::from_utf8_lossy(&body).into_owned(),
+            _ => String::new(),
+        };
+        seen.push(format!("{}{what}", char::from(tag)));
+        if tag == b'Z' && seen.len() >= 2 && seen[seen.len() - 2] == "I" {
+            return Ok(seen);
+        }
+    }
+}
+
+/// Runs `rounds` pipelines from `seed` on a direct connection and a proxied one side by side.
+async fn compare(direct: SocketAddr, proxy: SocketAddr, db: String, seed: u64, rounds: usize) {
+    let mut straight = RawClient::login(direct, SCRAM_ROLE, &db).await;
+    let mut proxied = RawClient::login(proxy, "app", &db).await;
+    // The same starting application_name on both.
+    for c in [&mut straight, &mut proxied] {
+        assert_eq!(c.query("SET application_name = 'start'").await.1, b'I');
+    }
+    let mut rng = Rng(seed | 1);
+    let mut history = Vec::new();
+    let mut status = "ZI".to_owned();
+    for round in 0..rounds {
+        let healthy = status != "ZE";
+        let (bytes, text) = pipeline(&mut rng, healthy);
+        history.push(text);
+        let mut checks = vec![bytes];
+        // Then, unless the transaction has failed, whether each name is prepared (Describe
+        // fails with 26000 when it is not).
+        let mut probe = BytesMut::new();
+        for name in NAMES {
+            frontend::describe(b'S', name, &mut probe).expect("describe");
+            frontend::sync(&mut probe);
+        }
+        checks.push(probe);
+        for (i, bytes) in checks.iter().enumerate() {
+            let want = replies(&mut straight, bytes).await;
+            let got = replies(&mut proxied, bytes).await;
+            assert!(
+                want.is_ok() && want == got,
+                "seed {seed}, round {round}{}: replies differ\n\
+                 last pipelines:\n  {}\ndirect: {want:?}\nproxied: {got:?}",
+                if i == 1 {
+                    " (D(S s1) S D(S s2) S D(S s3) S)"
+                } else {
+                    ""
+                },
+                history[history.len().saturating_sub(6)..].join("\n  ")
+            );
+            if let Ok(seen) = want {
+                // The status before the closing empty query's replies.
+                status = seen[seen.len() - 3].clone();
+            }
+            if status == "ZE" {
+                break;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_pipelines_get_the_replies_postgres_gives() {
+    let (proxy, slug) = txn_proxy_with("pool_size = 2\ncheckout_timeout_ms = 30000").await;
+    let direct: SocketAddr = ([127, 0, 0, 1], bed().a.port).into();
+    let base = match std::env::var("PGTENANT_FUZZ_SEED") {
+        Ok(s) => s.parse().expect("PGTENANT_FUZZ_SEED is a number"),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+    };
+    // Three clients on two connections: statements and settings must follow each client.
+    let n: u64 = std::env::var("PGTENANT_FUZZ_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let clients: Vec<_> = (0..n)
+        .map(|i| {
+            let seed = base.wrapping_add(i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            tokio::spawn(compare(direct, proxy.addrs[0], slug.clone(), seed, 150))
+        })
+        .collect();
+    for c in clients {
+        c.await.expect("client");
+    }
+    proxy.shutdown().await;
+}
+
+async fn txn_proxy_with(tenant_extra: &str) -> (pgtenant::server::ProxyHandle, String) {
+    single_tenant_proxy(
+        "scram-sha-256",
+        "",
+        &format!("pool_mode = \"transaction\"\n{tenant_extra}"),
+    )
+    .await
+}

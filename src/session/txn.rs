@@ -145,6 +145,17 @@ enum Expect {
     Pending(Pending),
 }
 
+/// Why the client's messages up to its next Sync are dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Skip {
+    None,
+    /// The proxy refused one: the Sync is replaced (see `TxnSession::sync_after_refusal`).
+    Refused,
+    /// The backend is skipping to the Sync after an error, which the client has not sent
+    /// yet: it would skip them and answer none. The Sync goes on.
+    Backend,
+}
+
 /// What the client's next message must wait for before the proxy handles it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Barrier {
@@ -262,10 +273,8 @@ pub struct TxnSession<'a> {
     portal_changes: Vec<(Box<[u8]>, Arc<SettingsChange>)>,
     /// What the client's next message waits for (see `settled`).
     barrier: Barrier,
-    /// The backend is skipping to the next Sync after an error, and the client has not sent
-    /// that Sync yet: its messages until then are dropped, as the backend would skip them
-    /// and answer none.
-    backend_skips: bool,
+    /// An undoable entry (see `Expect::may_be_undone`) was queued since the client's last Sync.
+    undoable_queued: bool,
     /// The last Parse text classified as plain: drivers send the same text in an unnamed Parse
     /// for every execution, and a comparison is cheaper than classifying it again.
     plain_sql: Vec<u8>,
@@ -275,7 +284,8 @@ pub struct TxnSession<'a> {
     server_arm: ReadArm,
     /// The backend is in copy-in mode (CopyInResponse seen, client's CopyDone/CopyFail not yet).
     copy_in: bool,
-    skipping: bool,
+    /// Whether the client's messages up to its next Sync are dropped, and why.
+    skip: Skip,
     /// The held backend was sent an extended-protocol message after the last Sync (or Query)
     /// it was sent: it is inside the client's batch — an implicit transaction, or skipping to
     /// the next Sync after an error — even when every reply so far has arrived, so it must not
@@ -340,12 +350,12 @@ impl<'a> TxnSession<'a> {
             unnamed_change: None,
             portal_changes: Vec::new(),
             barrier: Barrier::None,
-            backend_skips: false,
+            undoable_queued: false,
             plain_sql: Vec::new(),
             client_arm: ReadArm::default(),
             server_arm: ReadArm::default(),
             copy_in: false,
-            skipping: false,
+            skip: Skip::None,
             unsynced: false,
             poisoned: false,
             client_done: false,
@@ -707,7 +717,7 @@ impl<'a> TxnSession<'a> {
     /// Refuses the current message: an error reply, then everything up to Sync is skipped.
     fn refuse(&mut self, err: ClientError) {
         self.local(Local::Error(Box::new(err)));
-        self.skipping = true;
+        self.skip = Skip::Refused;
     }
 
     fn expect_reply(&mut self, reply: Reply) {
@@ -773,7 +783,7 @@ impl<'a> TxnSession<'a> {
                 self.client_done = true;
                 return Ok(true);
             }
-            if self.skipping || self.backend_skips {
+            if self.skip != Skip::None {
                 if tag != b'S' {
                     if whole {
                         self.cin.advance(len + 1);
@@ -788,15 +798,13 @@ impl<'a> TxnSession<'a> {
                 if !whole {
                     return Ok(moved);
                 }
-                self.backend_skips = false;
-                if self.skipping {
-                    self.skipping = false;
+                if std::mem::replace(&mut self.skip, Skip::None) == Skip::Refused {
                     self.cin.advance(len + 1);
                     self.sync_after_refusal();
                     moved = true;
                     continue;
                 }
-                // The Sync itself goes on as usual.
+                // After the backend's own error the Sync goes on as usual.
             }
             // A client pinned to its backend starts its next transaction here.
             if !self.in_txn && self.backend.is_some() && !self.pass_gate()? {
@@ -854,7 +862,7 @@ impl<'a> TxnSession<'a> {
         let settled = match self.barrier {
             Barrier::None => true,
             Barrier::Undoable => !self.expect.iter().any(Expect::may_be_undone),
-            Barrier::Drained => self.expect.is_empty() || self.backend_skips,
+            Barrier::Drained => self.expect.is_empty() || self.skip == Skip::Backend,
         };
         if settled {
             self.barrier = Barrier::None;
@@ -911,6 +919,9 @@ impl<'a> TxnSession<'a> {
     }
 
     /// Handles one client message whose header is at the front of `cin`.
+    // Once per client message; out of line (it grew past the inlining threshold) it cost
+    // about 100 instructions a transaction.
+    #[inline(always)]
     fn client_message(&mut self, tag: u8, len: usize, whole: bool) -> Result<Step, TxnEnd> {
         let held = self.backend.is_some();
         match tag {
@@ -947,11 +958,12 @@ impl<'a> TxnSession<'a> {
             _ if !held => Ok(Step::NeedBackend),
             b'B' => self.bind(len),
             _ => {
+                let mut flush_after = false;
                 if tag == b'E' && !self.portal_changes.is_empty() {
                     if !whole {
                         return Ok(Step::NeedMore);
                     }
-                    self.execute_portal(len);
+                    flush_after = self.execute_portal(len);
                 }
                 let take = (len + 1).min(self.cin.len());
                 self.sout.put_slice(&self.cin[..take]);
@@ -962,13 +974,13 @@ impl<'a> TxnSession<'a> {
                         self.expect_reply(Reply::Execute);
                         // A barrier mid-batch waits for replies the backend keeps until a
                         // Flush.
-                        if self.barrier == Barrier::Drained {
+                        if flush_after {
                             messages::write_message(&mut self.sout, b'H', |_| {});
                         }
                     }
                     // In copy-in mode the backend ignores Sync.
                     b'S' if !self.copy_in => {
-                        if self.expect.iter().any(Expect::may_be_undone) {
+                        if std::mem::take(&mut self.undoable_queued) {
                             self.barrier = Barrier::Undoable;
                         }
                         self.expect_reply(Reply::Sync);
@@ -1001,6 +1013,7 @@ impl<'a> TxnSession<'a> {
         }
         let class = self.classify_parse(sql);
         let change = match class {
+            Classified::Plain => None,
             // Postgres refuses several statements in one Parse.
             Classified::Multi => None,
             _ if self.pinned.is_some() => None,
@@ -1025,6 +1038,7 @@ impl<'a> TxnSession<'a> {
             self.refuse(ClientError::too_many_statements(MAX_STATEMENTS_PER_CLIENT));
             return Ok(Step::Done);
         }
+        self.undoable_queued = true;
         if self.on_backend(&stmt) {
             if self.parse_would_succeed() {
                 self.local(Local::ParseComplete(NamedStatement {
@@ -1128,6 +1142,7 @@ impl<'a> TxnSession<'a> {
         let Some(conn) = self.backend.as_mut() else {
             return;
         };
+        self.undoable_queued = true;
         if let Some(evicted) = conn.conn().statements.add(&stmt.backend_name, capacity) {
             prepared::write_statement_target(&mut self.sout, b'C', &evicted);
             self.expect.push_back(Expect::Reply {
@@ -1332,6 +1347,7 @@ impl<'a> TxnSession<'a> {
                 name: name.into(),
                 stmt,
             });
+            self.undoable_queued = true;
             self.local(Local::CloseComplete(closed));
             return Ok(Step::Done);
         }
@@ -1369,11 +1385,12 @@ impl<'a> TxnSession<'a> {
             self.statements.get(stmt_name).cloned()
         };
         let change = match &stmt {
-            Some(stmt) => stmt.change.clone(),
-            None if stmt_name.is_empty() => self.unnamed_change.clone(),
+            Some(stmt) => stmt.change.as_ref(),
+            None if stmt_name.is_empty() => self.unnamed_change.as_ref(),
             None => None,
         };
         if change.is_some() || !self.portal_changes.is_empty() {
+            let change = change.cloned();
             let portal: Box<[u8]> = self.cin[5..5 + portal_len].into();
             self.bind_portal(portal, change);
         }
@@ -1426,9 +1443,10 @@ impl<'a> TxnSession<'a> {
     }
 
     /// Execute of a portal whose statement changes settings: the change is queued, to stick
-    /// if the transaction commits. `cin` holds the whole message.
+    /// if the transaction commits. `cin` holds the whole message. True when the client's next
+    /// messages wait for this one's reply (DISCARD ALL).
     #[cold]
-    fn execute_portal(&mut self, len: usize) {
+    fn execute_portal(&mut self, len: usize) -> bool {
         let portal = prepared::cstr(&self.cin[5..len + 1]).map_or(&[][..], |(n, _)| n);
         let change = self
             .portal_changes
@@ -1438,6 +1456,7 @@ impl<'a> TxnSession<'a> {
         if let Some(change) = change {
             self.track(change.class.clone(), &change.text);
         }
+        self.barrier == Barrier::Drained
     }
 
     /// Moves the approved backend bytes into `cout`, so something can be added after them or a
@@ -1795,7 +1814,9 @@ impl<'a> TxnSession<'a> {
                 })
                 .count();
         // Nothing up to a Sync is left: the client has yet to send it.
-        self.backend_skips = skipped == self.expect.len();
+        if skipped == self.expect.len() {
+            self.skip = Skip::Backend;
+        }
         let skipped: Vec<Expect> = self.expect.drain(..skipped).collect();
         for entry in skipped.into_iter().rev() {
             self.undo(entry);

@@ -217,8 +217,8 @@ async fn compare(direct: SocketAddr, proxy: SocketAddr, db: String, seed: u64, r
         let (bytes, text) = pipeline(&mut rng, healthy);
         history.push(text);
         let mut checks = vec![bytes];
-        // Then, unless the transaction has failed, whether each name is prepared (Describe
-        // fails with 26000 when it is not).
+        // Then, outside a transaction block, whether each name is prepared (Describe fails
+        // with 26000 when it is not).
         let mut probe = BytesMut::new();
         for name in NAMES {
             frontend::describe(b'S', name, &mut probe).expect("describe");
@@ -243,7 +243,8 @@ async fn compare(direct: SocketAddr, proxy: SocketAddr, db: String, seed: u64, r
                 // The status before the closing empty query's replies.
                 status = seen[seen.len() - 3].clone();
             }
-            if status == "ZE" {
+            // In a transaction block a probe's 26000 would fail the transaction.
+            if status != "ZI" {
                 break;
             }
         }

@@ -59,7 +59,8 @@ const MAX_EXPECTED: usize = 64 * 1024;
 const REFUSAL_STAND_IN: &str =
     "DO $pgtenant$BEGIN RAISE EXCEPTION 'refused by pgtenant'; END$pgtenant$";
 
-/// Backend name of the statement `TxnSession::probe_parse` makes and closes.
+/// Backend name of the scratch statement of `TxnSession::probe_parse` and
+/// `TxnSession::parse_duplicate`.
 const PROBE_STATEMENT: &str = "pgtenant_probe";
 
 /// Reported parameters a client cannot set, so never replayed.
@@ -110,9 +111,9 @@ enum Owner {
     /// The proxy's replacement for a Sync after a refused message: only its ReadyForQuery is
     /// forwarded.
     SyncStandIn,
-    /// A client's Parse of a name it already has, sent under a name the backend already has
-    /// so that the backend checks the text first, as Postgres does: its error is the client's,
-    /// except the expected "already exists", which the proxy words with the client's name.
+    /// The second of two Parses of the same text under the scratch name, for a client's Parse
+    /// of a name it already has (see `TxnSession::parse_duplicate`): it fails with "already
+    /// exists", which the proxy words with the client's name.
     DuplicateCheck,
 }
 
@@ -1029,8 +1030,8 @@ impl<'a> TxnSession<'a> {
             self.expect_reply(Reply::Parse);
             return Ok(Step::Done);
         }
-        if let Some(old) = self.statements.get(name).cloned() {
-            self.parse_duplicate(name, rest, &old);
+        if self.statements.contains(name) {
+            self.parse_duplicate(name, rest);
             return Ok(Step::Done);
         }
         let stmt = Arc::new(Statement::from_parse(rest).with_change(change));
@@ -1056,26 +1057,33 @@ impl<'a> TxnSession<'a> {
 
     /// A Parse of a name the client already has fails, but Postgres checks the text first (its
     /// syntax, a failed transaction, the objects it names) and reports what it finds before
-    /// the duplicate. The text goes to the backend under the backend name of the client's
-    /// statement, prepared there first if needed, so the backend makes the same checks in the
-    /// same order and then fails with 42P05 (see [`Owner::DuplicateCheck`]).
-    fn parse_duplicate(&mut self, name: &[u8], rest: &[u8], old: &Arc<Statement>) {
-        if !self.on_backend(old) {
-            self.prepare_on_backend(old, Owner::Proxy, None);
+    /// the duplicate. The backend makes the same checks in the same order when the text is
+    /// parsed twice under the scratch name: the first Parse fails as Postgres would, or the
+    /// second fails with 42P05 (see [`Owner::DuplicateCheck`]). The scratch statement may be
+    /// left behind; every use of the scratch name closes it first.
+    fn parse_duplicate(&mut self, name: &[u8], rest: &[u8]) {
+        self.close_probe();
+        for owner in [Owner::Proxy, Owner::DuplicateCheck] {
+            write_probe_parse(&mut self.sout, rest);
+            self.expect.push_back(Expect::Reply {
+                reply: Reply::Parse,
+                owner,
+                parse: None,
+            });
         }
-        messages::write_message(&mut self.sout, b'P', |b| {
-            b.put_slice(old.backend_name.as_bytes());
-            b.put_u8(0);
-            b.put_slice(rest);
-        });
-        self.expect.push_back(Expect::Reply {
-            reply: Reply::Parse,
-            owner: Owner::DuplicateCheck,
-            parse: None,
-        });
         let err = ClientError::duplicate_statement(&String::from_utf8_lossy(name));
         self.expect
             .push_back(Expect::Local(Local::Error(Box::new(err))));
+    }
+
+    /// Closes the scratch statement, which a duplicate check may have left.
+    fn close_probe(&mut self) {
+        prepared::write_statement_target(&mut self.sout, b'C', PROBE_STATEMENT);
+        self.expect.push_back(Expect::Reply {
+            reply: Reply::Close,
+            owner: Owner::Proxy,
+            parse: None,
+        });
     }
 
     /// True when a Parse of a statement the connection already has would succeed on it now:
@@ -1101,12 +1109,8 @@ impl<'a> TxnSession<'a> {
     /// again at once, and the backend's answer is the client's.
     #[cold]
     fn probe_parse(&mut self, name: &[u8], rest: &[u8], stmt: Arc<Statement>) {
-        messages::write_message(&mut self.sout, b'P', |b| {
-            b.put_slice(PROBE_STATEMENT.as_bytes());
-            b.put_u8(0);
-            b.put_slice(rest);
-        });
-        prepared::write_statement_target(&mut self.sout, b'C', PROBE_STATEMENT);
+        self.close_probe();
+        write_probe_parse(&mut self.sout, rest);
         self.expect.push_back(Expect::Reply {
             reply: Reply::Parse,
             owner: Owner::Client,
@@ -1116,11 +1120,7 @@ impl<'a> TxnSession<'a> {
                 on_backend: false,
             }),
         });
-        self.expect.push_back(Expect::Reply {
-            reply: Reply::Close,
-            owner: Owner::Proxy,
-            parse: None,
-        });
+        self.close_probe();
     }
 
     /// True when the backend has `stmt`; marks it used.
@@ -1630,8 +1630,9 @@ impl<'a> TxnSession<'a> {
                 })
             }
             b'E' => {
+                // Any error fails the transaction, one of the proxy's own messages too.
+                self.txn_failed = true;
                 if front_owner != Some(Owner::Proxy) {
-                    self.txn_failed = true;
                     self.stats
                         .record_backend_error(&self.server_msg()[5..len + 1]);
                 }
@@ -1898,6 +1899,16 @@ enum Step {
 
 fn malformed(what: &str) -> TxnEnd {
     TxnEnd::Refused(ClientError::protocol(format!("malformed {what} message")))
+}
+
+/// A Parse of a client's statement text (`rest`: text and parameter types) under the scratch
+/// name.
+fn write_probe_parse(out: &mut BytesMut, rest: &[u8]) {
+    messages::write_message(out, b'P', |b| {
+        b.put_slice(PROBE_STATEMENT.as_bytes());
+        b.put_u8(0);
+        b.put_slice(rest);
+    });
 }
 
 /// A statement that fails with `message` and SQLSTATE 0A000 on the backend.

@@ -578,6 +578,47 @@ mod raw {
         proxy.shutdown().await;
     }
 
+    /// Postgres checks a Parse's text before the name: in a failed transaction a duplicate name
+    /// with a COMMIT gets 42P05, with anything else 25P02, also when the connection no longer
+    /// has the client's first statement of that name.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_duplicate_parse_is_checked_in_postgres_order() {
+        let (proxy, slug) = txn_proxy(
+            "[pool]\nprepared_statements_per_connection = 1",
+            "pool_size = 1",
+        )
+        .await;
+        let mut a = RawClient::login(proxy.addrs[0], "app", &slug).await;
+        // s2 pushes s1 off the connection (the duplicate checks below must not need it).
+        let mut batch = parse("s1", "SELECT 1");
+        batch.extend_from_slice(&parse("s2", "SELECT 2"));
+        batch.extend_from_slice(&sync());
+        a.send(&batch).await;
+        assert_eq!(a.until_ready().await, (b"11".to_vec(), vec![], b'I'));
+        let mut batch = parse("s1", "SELEC 3");
+        batch.extend_from_slice(&sync());
+        a.send(&batch).await;
+        assert_eq!(a.until_ready().await.1, vec!["42601".to_owned()]);
+        // Running s2 pushes s1 off again.
+        a.send(&bind_execute_sync("s2")).await;
+        assert_eq!(a.until_ready().await.1, Vec::<String>::new());
+        assert_eq!(a.query("BEGIN").await, (b"C".to_vec(), b'T'));
+        assert_eq!(a.query("SELC").await, (b"E".to_vec(), b'E'));
+        for (sql, code) in [("COMMIT", "42P05"), ("SELECT 3", "25P02")] {
+            let mut batch = parse("s1", sql);
+            batch.extend_from_slice(&sync());
+            a.send(&batch).await;
+            assert_eq!(
+                a.until_ready().await,
+                (b"E".to_vec(), vec![code.to_owned()], b'E')
+            );
+        }
+        assert_eq!(a.query("ROLLBACK").await, (b"C".to_vec(), b'I'));
+        a.send(&bind_execute_sync("s1")).await;
+        assert_eq!(a.until_ready().await, (b"2DC".to_vec(), vec![], b'I'));
+        proxy.shutdown().await;
+    }
+
     /// A Parse or Close the proxy answers itself (the statement is already on the connection,
     /// or is the client's alone) is undone when an earlier message of the batch fails, since
     /// Postgres would have skipped it.

@@ -854,10 +854,9 @@ impl<'a> TxnSession<'a> {
         }
     }
 
-    /// True once nothing queued may still be undone, which lifts the barrier at a Sync: the
-    /// client's messages after a Sync run on the backend whatever happened before it, so the
-    /// proxy must know which statements exist (for the client and on the connection) before
-    /// it maps their names.
+    /// True once what the barrier waits for has come (see [`Barrier`]), which lifts it: the
+    /// proxy must know which statements exist, for the client and on the connection, before
+    /// it maps the names in the client's next messages.
     #[cold]
     fn settled(&mut self) -> bool {
         let settled = match self.barrier {

@@ -673,9 +673,9 @@ mod raw {
         proxy.shutdown().await;
     }
 
-    /// A statement refused in a batch ends that batch at its Sync whatever state the backend
-    /// is in: skipping to the Sync after an earlier error, inside a transaction block, or
-    /// neither; and the refusal fails a transaction block as an error in Postgres would.
+    /// A statement refused in a batch ends that batch at its Sync, as an error would: behind an
+    /// earlier error it is skipped (only the first error is heard), inside a transaction block
+    /// it fails the block on the backend too, and with no backend held the proxy answers alone.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_refused_statement_ends_its_batch_at_the_sync() {
         let (proxy, slug) = txn_proxy(

@@ -1603,13 +1603,10 @@ impl<'a> TxnSession<'a> {
                     )));
                 }
                 let status = self.server_msg()[5];
-                if front_owner == Some(Owner::SyncStandIn) && front_reply != Some(Reply::Sync) {
-                    self.skip_stand_in();
-                }
-                let Some(Expect::Reply { owner, reply, .. }) = self.expect.pop_front() else {
+                let Some(Expect::Reply { owner, .. }) = self.expect.pop_front() else {
                     return Err(self.lost_track(tag));
                 };
-                if !matches!(reply, Reply::Sync | Reply::Query) {
+                if !matches!(front_reply, Some(Reply::Sync | Reply::Query)) {
                     return Err(self.lost_track(tag));
                 }
                 self.last_status = status;
@@ -1766,20 +1763,6 @@ impl<'a> TxnSession<'a> {
             } else {
                 self.settings.fingerprint()
             };
-        }
-    }
-
-    /// A ReadyForQuery came while the Sync stand-in's Parse, Bind and Execute still wait: the
-    /// backend was skipping to the Sync and skipped them, so they will never be answered.
-    #[cold]
-    fn skip_stand_in(&mut self) {
-        while let Some(Expect::Reply {
-            owner: Owner::SyncStandIn,
-            reply: Reply::Parse | Reply::Bind | Reply::Execute,
-            ..
-        }) = self.expect.front()
-        {
-            self.expect.pop_front();
         }
     }
 

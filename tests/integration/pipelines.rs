@@ -92,7 +92,7 @@ fn pipeline(rng: &mut Rng, healthy: bool) -> (BytesMut, String) {
                 } else {
                     rng.pick(NAMES)
                 };
-                bind(name, &mut out);
+                bind_unnamed_portal(name, &mut out);
                 portal = true;
                 let _ = write!(text, "B({name:?}) ");
             }
@@ -148,25 +148,6 @@ fn pipeline(rng: &mut Rng, healthy: bool) -> (BytesMut, String) {
     frontend::sync(&mut out);
     text.push('S');
     (out, text)
-}
-
-/// Bind of statement `name` to the unnamed portal, without parameters, results in text.
-fn bind(name: &str, out: &mut BytesMut) {
-    frontend::bind(
-        "",
-        name,
-        std::iter::empty::<i16>(),
-        std::iter::empty::<Option<i32>>(),
-        |_: Option<i32>,
-         _: &mut BytesMut|
-         -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> {
-            Ok(postgres_protocol::IsNull::Yes)
-        },
-        std::iter::empty(),
-        out,
-    )
-    .map_err(|_| "bind")
-    .expect("bind");
 }
 
 /// Sends a pipeline and then an empty query, whose EmptyQueryResponse and ReadyForQuery mark
@@ -253,7 +234,7 @@ async fn compare(direct: SocketAddr, proxy: SocketAddr, db: String, seed: u64, r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_pipelines_get_the_replies_postgres_gives() {
-    let (proxy, slug) = txn_proxy_with("pool_size = 2\ncheckout_timeout_ms = 30000").await;
+    let (proxy, slug) = txn_proxy("", "pool_size = 2\ncheckout_timeout_ms = 30000").await;
     let direct: SocketAddr = ([127, 0, 0, 1], bed().a.port).into();
     let base = match std::env::var("PGTENANT_FUZZ_SEED") {
         Ok(s) => s.parse().expect("PGTENANT_FUZZ_SEED is a number"),
@@ -276,13 +257,4 @@ async fn random_pipelines_get_the_replies_postgres_gives() {
         c.await.expect("client");
     }
     proxy.shutdown().await;
-}
-
-async fn txn_proxy_with(tenant_extra: &str) -> (pgtenant::server::ProxyHandle, String) {
-    single_tenant_proxy(
-        "scram-sha-256",
-        "",
-        &format!("pool_mode = \"transaction\"\n{tenant_extra}"),
-    )
-    .await
 }

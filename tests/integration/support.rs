@@ -554,3 +554,33 @@ pub async fn single_tenant_proxy(
     );
     (start_proxy(&toml).await, slug)
 }
+
+/// A transaction-mode proxy with one tenant; `tenant_extra` goes into the tenant's table and
+/// `proxy_extra` before the servers.
+pub async fn txn_proxy(proxy_extra: &str, tenant_extra: &str) -> (ProxyHandle, String) {
+    single_tenant_proxy(
+        "scram-sha-256",
+        proxy_extra,
+        &format!("pool_mode = \"transaction\"\n{tenant_extra}"),
+    )
+    .await
+}
+
+/// A Bind of statement `name` to the unnamed portal, without parameters, results in text.
+pub fn bind_unnamed_portal(name: &str, out: &mut bytes::BytesMut) {
+    postgres_protocol::message::frontend::bind(
+        "",
+        name,
+        std::iter::empty::<i16>(),
+        std::iter::empty::<Option<i32>>(),
+        |_: Option<i32>,
+         _: &mut bytes::BytesMut|
+         -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+            Ok(postgres_protocol::IsNull::Yes)
+        },
+        std::iter::empty(),
+        out,
+    )
+    .map_err(|_| "bind")
+    .expect("bind");
+}

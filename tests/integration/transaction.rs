@@ -7,20 +7,6 @@ use std::time::Duration;
 
 use crate::support::*;
 
-/// A transaction-mode proxy with one tenant; `tenant_extra` goes into the tenant's table and
-/// `proxy_extra` before the servers.
-async fn txn_proxy(
-    proxy_extra: &str,
-    tenant_extra: &str,
-) -> (pgtenant::server::ProxyHandle, String) {
-    single_tenant_proxy(
-        "scram-sha-256",
-        proxy_extra,
-        &format!("pool_mode = \"transaction\"\n{tenant_extra}"),
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_share_one_connection_between_transactions() {
     let (proxy, slug) = txn_proxy("", "pool_size = 1\ncheckout_timeout_ms = 5000").await;
@@ -214,6 +200,42 @@ async fn show(c: &tokio_postgres::Client, name: &str) -> String {
         .await
         .expect("show")
         .get(0)
+}
+
+/// RESET ALL returns to the client's startup values, as in Postgres, on whatever connection the
+/// client gets next; a prepared SET changes nothing until it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_return_to_startup_values_and_prepared_sets_count_when_run() {
+    let (proxy, slug) = txn_proxy("", "pool_size = 1").await;
+    let addr = proxy.addrs[0];
+    let a = connect_with(addr, "app", PASSWORD, &slug, "-c application_name=a-app")
+        .await
+        .expect("a");
+    let b = connect(addr, "app", &slug).await.expect("b");
+    assert_eq!(show(&a, "application_name").await, "a-app");
+    assert_eq!(show(&b, "application_name").await, "");
+    a.batch_execute("SET application_name = 'x'")
+        .await
+        .expect("set");
+    a.batch_execute("RESET ALL").await.expect("reset all");
+    // b takes the only connection in between, with its own settings.
+    b.batch_execute("SET application_name = 'b-app'")
+        .await
+        .expect("b set");
+    assert_eq!(show(&a, "application_name").await, "a-app");
+    assert_eq!(show(&b, "application_name").await, "b-app");
+    // Parsed (and described) but not run: nothing changes.
+    let set = a
+        .prepare("SET application_name = 'prepared'")
+        .await
+        .expect("prepare");
+    assert_eq!(show(&b, "application_name").await, "b-app");
+    assert_eq!(show(&a, "application_name").await, "a-app");
+    // Run in a later transaction: it counts then, and follows a to its next connection.
+    a.execute(&set, &[]).await.expect("run the prepared set");
+    assert_eq!(show(&b, "application_name").await, "b-app");
+    assert_eq!(show(&a, "application_name").await, "prepared");
+    proxy.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,20 +457,15 @@ mod raw {
 
     fn bind_execute_sync(name: &str) -> bytes::BytesMut {
         let mut b = bytes::BytesMut::new();
-        frontend::bind(
-            "",
-            name,
-            std::iter::empty::<i16>(),
-            std::iter::empty::<Option<i32>>(),
-            |_: Option<i32>, _: &mut bytes::BytesMut| -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> {
-                Ok(postgres_protocol::IsNull::Yes)
-            },
-            std::iter::empty(),
-            &mut b,
-        )
-        .map_err(|_| "bind")
-        .expect("bind");
+        bind_unnamed_portal(name, &mut b);
         frontend::execute("", 0, &mut b).expect("execute");
+        frontend::sync(&mut b);
+        b
+    }
+
+    /// A Parse and its Sync.
+    fn parse_sync(name: &str, sql: &str) -> bytes::BytesMut {
+        let mut b = parse(name, sql);
         frontend::sync(&mut b);
         b
     }
@@ -595,8 +612,7 @@ mod raw {
         batch.extend_from_slice(&sync());
         a.send(&batch).await;
         assert_eq!(a.until_ready().await, (b"11".to_vec(), vec![], b'I'));
-        let mut batch = parse("s1", "SELEC 3");
-        batch.extend_from_slice(&sync());
+        let batch = parse_sync("s1", "SELEC 3");
         a.send(&batch).await;
         assert_eq!(a.until_ready().await.1, vec!["42601".to_owned()]);
         // Running s2 pushes s1 off again.
@@ -605,8 +621,7 @@ mod raw {
         assert_eq!(a.query("BEGIN").await, (b"C".to_vec(), b'T'));
         assert_eq!(a.query("SELC").await, (b"E".to_vec(), b'E'));
         for (sql, code) in [("COMMIT", "42P05"), ("SELECT 3", "25P02")] {
-            let mut batch = parse("s1", sql);
-            batch.extend_from_slice(&sync());
+            let batch = parse_sync("s1", sql);
             a.send(&batch).await;
             assert_eq!(
                 a.until_ready().await,
@@ -626,8 +641,7 @@ mod raw {
     async fn a_failed_batch_undoes_the_parse_and_close_the_proxy_answered() {
         let (proxy, slug) = txn_proxy("", "pool_size = 1").await;
         let mut a = RawClient::login(proxy.addrs[0], "app", &slug).await;
-        let mut batch = parse("s1", "SELECT 1");
-        batch.extend_from_slice(&sync());
+        let batch = parse_sync("s1", "SELECT 1");
         a.send(&batch).await;
         assert_eq!(a.until_ready().await, (b"1".to_vec(), vec![], b'I'));
         // s2 has s1's text, so the connection has it already; then s1 is closed. Both come
@@ -704,8 +718,7 @@ mod raw {
         assert_eq!(a.query("SELECT 5").await, (b"TDC".to_vec(), b'I'));
         // So it is when it comes after the client has read that error.
         fail_without_sync(&mut a).await;
-        let mut batch = parse("", "LISTEN news");
-        batch.extend_from_slice(&sync());
+        let batch = parse_sync("", "LISTEN news");
         a.send(&batch).await;
         assert_eq!(ready(&mut a).await, (vec![], vec![], b'I'));
         assert_eq!(a.query("SELECT 5").await, (b"TDC".to_vec(), b'I'));
@@ -748,12 +761,10 @@ mod raw {
         let mut c = RawClient::login(addr, "app", &slug).await;
         let mut other = RawClient::login(addr, "app", &slug).await;
         // Two clients, one name, two texts.
-        let mut msg = parse("s1", "SELECT 1");
-        msg.extend_from_slice(&sync());
+        let msg = parse_sync("s1", "SELECT 1");
         c.send(&msg).await;
         assert_eq!(c.until_ready().await, (b"1".to_vec(), vec![], b'I'));
-        let mut msg = parse("s1", "SELECT 2");
-        msg.extend_from_slice(&sync());
+        let msg = parse_sync("s1", "SELECT 2");
         other.send(&msg).await;
         assert_eq!(other.until_ready().await, (b"1".to_vec(), vec![], b'I'));
         c.send(&bind_execute_sync("s1")).await;
@@ -842,8 +853,7 @@ mod raw {
             for i in 0..6 {
                 let name = format!("q{i}");
                 if round == 0 {
-                    let mut msg = parse(&name, &format!("SELECT {i}"));
-                    msg.extend_from_slice(&sync());
+                    let msg = parse_sync(&name, &format!("SELECT {i}"));
                     c.send(&msg).await;
                     c.until_ready().await;
                 }

@@ -4,9 +4,18 @@
 //! backend statement, and a statement can be prepared again on whichever backend connection the
 //! client gets next. Each backend connection keeps a bounded, least-recently-used set of what it
 //! has prepared.
+//!
+//! A backend's copy serves a client's statement only if it was prepared after the client's
+//! Parse. Postgres fixes a named statement's result columns when it is prepared: after a schema
+//! change (`ALTER TABLE … ADD COLUMN` under `SELECT *`) a statement prepared before it fails with
+//! "cached plan must not change result type", while one prepared after it works. A client that
+//! prepares after the change must get the latter, as on a direct connection, so an older copy is
+//! closed and prepared again for it; a copy newer than the client's Parse is one the client's
+//! own statement would match on a direct connection, unless the schema changed in between.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
@@ -28,6 +37,16 @@ pub struct Statement {
     pub parse: Bytes,
     /// What running it does to the client's settings.
     pub change: Option<Arc<SettingsChange>>,
+    /// When the client's Parse came (see [`stamp`]).
+    pub parsed_at: u64,
+}
+
+/// Orders client Parses and backend prepares, across all connections.
+static PREPARE_CLOCK: AtomicU64 = AtomicU64::new(1);
+
+/// A moment later than every earlier stamp.
+fn stamp() -> u64 {
+    PREPARE_CLOCK.fetch_add(1, Ordering::Relaxed)
 }
 
 impl Statement {
@@ -51,6 +70,7 @@ impl Statement {
             backend_name: name.into_boxed_str(),
             parse: parse.freeze(),
             change: None,
+            parsed_at: stamp(),
         }
     }
 
@@ -106,62 +126,73 @@ impl ClientStatements {
 /// What one backend connection has prepared, least recently used first out.
 #[derive(Debug, Default)]
 pub struct BackendStatements {
-    last_used: HashMap<Box<str>, u64>,
+    by_name: HashMap<Box<str>, Prepared>,
     clock: u64,
 }
 
+#[derive(Debug)]
+struct Prepared {
+    last_used: u64,
+    prepared_at: u64,
+}
+
 impl BackendStatements {
-    /// True when `name` is prepared here; marks it used.
-    pub fn touch(&mut self, name: &str) -> bool {
+    /// True when `stmt` is prepared here, no earlier than the client's Parse of it; marks it
+    /// used. An older copy stays listed until [`BackendStatements::add`] replaces it.
+    pub fn touch(&mut self, stmt: &Statement) -> bool {
         self.clock += 1;
-        match self.last_used.get_mut(name) {
-            Some(t) => {
-                *t = self.clock;
+        match self.by_name.get_mut(&*stmt.backend_name) {
+            Some(p) if p.prepared_at >= stmt.parsed_at => {
+                p.last_used = self.clock;
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
-    /// Records `name` as prepared; returns the least recently used name to close first when
-    /// that keeps the set within `capacity`.
+    /// Records `name` as prepared now (in place of an older copy); returns the least recently
+    /// used name to close first when that keeps the set within `capacity`.
     pub fn add(&mut self, name: &str, capacity: usize) -> Option<Box<str>> {
         self.clock += 1;
-        let evicted = if self.last_used.len() >= capacity.max(1) {
+        let evicted = if self.by_name.len() >= capacity.max(1) && !self.by_name.contains_key(name) {
             let oldest = self
-                .last_used
+                .by_name
                 .iter()
-                .min_by_key(|(_, t)| **t)
+                .min_by_key(|(_, p)| p.last_used)
                 .map(|(n, _)| n.clone());
             if let Some(n) = &oldest {
-                self.last_used.remove(n);
+                self.by_name.remove(n);
             }
             oldest
         } else {
             None
         };
-        self.last_used.insert(name.into(), self.clock);
+        let prepared = Prepared {
+            last_used: self.clock,
+            prepared_at: stamp(),
+        };
+        self.by_name.insert(name.into(), prepared);
         evicted
     }
 
     /// Forgets `name` (its Parse failed).
     pub fn remove(&mut self, name: &str) {
-        self.last_used.remove(name);
+        self.by_name.remove(name);
     }
 
     /// Forgets everything (DISCARD ALL or DEALLOCATE ALL ran on the backend).
     pub fn clear(&mut self) {
-        self.last_used.clear();
+        self.by_name.clear();
     }
 
     /// Statements prepared here.
     pub fn len(&self) -> usize {
-        self.last_used.len()
+        self.by_name.len()
     }
 
     /// True when nothing is prepared here.
     pub fn is_empty(&self) -> bool {
-        self.last_used.is_empty()
+        self.by_name.is_empty()
     }
 }
 
@@ -225,15 +256,40 @@ mod tests {
         assert_eq!(rest, b"select $1\0\0\x01\0\0\0\x17");
     }
 
+    /// Statements of distinct texts, parsed in the order given.
+    fn parsed(texts: &[&str]) -> Vec<Statement> {
+        texts
+            .iter()
+            .map(|t| Statement::from_parse(format!("{t}\0\0\0").as_bytes()))
+            .collect()
+    }
+
     #[test]
     fn backend_set_evicts_least_recently_used() {
+        let [a, b, c] = <[Statement; 3]>::try_from(parsed(&["a", "b", "c"])).expect("three");
         let mut s = BackendStatements::default();
-        assert_eq!(s.add("a", 2), None);
-        assert_eq!(s.add("b", 2), None);
-        assert!(s.touch("a"));
-        assert_eq!(s.add("c", 2).as_deref(), Some("b"));
-        assert!(s.touch("a") && s.touch("c") && !s.touch("b"));
+        assert_eq!(s.add(&a.backend_name, 2), None);
+        assert_eq!(s.add(&b.backend_name, 2), None);
+        assert!(s.touch(&a));
+        assert_eq!(s.add(&c.backend_name, 2), Some(b.backend_name.clone()));
+        assert!(s.touch(&a) && s.touch(&c) && !s.touch(&b));
         assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn a_copy_older_than_the_clients_parse_does_not_serve_it_until_replaced() {
+        let mut s = BackendStatements::default();
+        let [old] = <[Statement; 1]>::try_from(parsed(&["select * from t"])).expect("one");
+        s.add(&old.backend_name, 2);
+        assert!(s.touch(&old), "prepared after the Parse it serves");
+        // Another client prepares the same text later: the copy predates its Parse.
+        let [new] = <[Statement; 1]>::try_from(parsed(&["select * from t"])).expect("one");
+        assert_eq!(new.backend_name, old.backend_name);
+        assert!(!s.touch(&new));
+        // Replaced in place, without evicting anything, it serves both.
+        s.add(&new.backend_name, 1);
+        assert!(s.touch(&new) && s.touch(&old));
+        assert_eq!(s.len(), 1);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use super::hangup::HangupWatch;
 use super::sockio::RelayIo;
 use super::state::LinkState;
 use crate::pool::{Gate, KickSwitch};
@@ -112,6 +113,8 @@ pub struct Relay {
     /// Longest a transaction waits at a PAUSE, and the wait in progress.
     pause_limit: Duration,
     held: Option<crate::pool::pause::Hold>,
+    /// Checks whether a client that is not read (see `held_back` in `poll_relay`) has left.
+    hangup: HangupWatch,
 }
 
 impl Default for Relay {
@@ -131,6 +134,7 @@ impl Relay {
             counts: SessionCounts::default(),
             pause_limit: Duration::ZERO,
             held: None,
+            hangup: HangupWatch::default(),
         }
     }
 
@@ -239,6 +243,8 @@ impl Relay {
         let mut passes = Passes::default();
         loop {
             let mut progress = false;
+            // The client is not read: its pipe is full, or a PAUSE holds what it sent.
+            let mut held_back = false;
             if let Some(held) = self.held.as_mut()
                 && let Poll::Ready(resumed) = held.as_mut().poll(cx)
             {
@@ -270,13 +276,19 @@ impl Relay {
             if self.client_done && self.to_server.pending().is_empty() {
                 return Poll::Ready(RelayEnd::ClientLeft);
             }
-            if !self.client_done && !waiting.client_read && self.held.is_none() {
+            if !self.client_done && self.held.is_some() {
+                held_back = true;
+            } else if !self.client_done && !waiting.client_read {
                 match read_into(cx, client, &mut self.to_server) {
-                    ReadOutcome::Full => {}
-                    ReadOutcome::Blocked => waiting.client_read = true,
+                    ReadOutcome::Full => held_back = true,
+                    ReadOutcome::Blocked => {
+                        waiting.client_read = true;
+                        self.hangup.stop();
+                    }
                     ReadOutcome::Closed => return Poll::Ready(RelayEnd::ClientLeft),
                     ReadOutcome::Read(n) => {
                         progress = true;
+                        self.hangup.stop();
                         self.counts.bytes_in += n as u64;
                         if let Err(end) = self.scan_client(link) {
                             return Poll::Ready(end);
@@ -318,6 +330,9 @@ impl Relay {
                 }
             }
             if !progress {
+                if held_back && self.hangup.poll_gone(cx, || client.hung_up()) {
+                    return Poll::Ready(RelayEnd::ClientLeft);
+                }
                 return Poll::Pending;
             }
             if passes.spent(cx) {

@@ -15,6 +15,7 @@ use socket2::{SockRef, Socket};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::hangup;
 use crate::pool::backend_tls::BackendStream;
 use crate::tls::TlsClient;
 
@@ -37,6 +38,10 @@ pub trait RelayIo {
 
     /// Writes some of `out`: how much, or Pending (waker registered) while there is no room.
     fn poll_send(&mut self, cx: &mut Context<'_>, out: &[u8]) -> Poll<io::Result<usize>>;
+
+    /// Whether the peer has closed or reset the connection, without reading what it sent
+    /// ([`super::hangup`]).
+    fn hung_up(&self) -> bool;
 }
 
 /// Which task waker, if any, a socket's read readiness holds since its last empty check.
@@ -92,6 +97,10 @@ impl RelayIo for TcpStream {
         // SAFETY: recv wrote the first `n` bytes of the spare capacity.
         unsafe { into.set_len(start + n) };
         Poll::Ready(Ok(n))
+    }
+
+    fn hung_up(&self) -> bool {
+        hangup::hung_up(self)
     }
 
     fn poll_send(&mut self, cx: &mut Context<'_>, out: &[u8]) -> Poll<io::Result<usize>> {
@@ -172,13 +181,24 @@ fn recv_when_ready(
 }
 
 /// Streams that are not plain sockets (TLS; in-memory pipes in tests): through tokio's traits.
-pub trait ViaTokio: AsyncRead + AsyncWrite + Unpin {}
+pub trait ViaTokio: AsyncRead + AsyncWrite + Unpin {
+    /// [`RelayIo::hung_up`]: the socket under the stream, if it has one.
+    fn hung_up(&self) -> bool;
+}
 
-impl ViaTokio for TlsClient {}
+impl ViaTokio for TlsClient {
+    fn hung_up(&self) -> bool {
+        hangup::hung_up(self.stream.get_ref().0)
+    }
+}
 
 /// In-memory pipes stand in for sockets in the relays' unit tests.
 #[cfg(test)]
-impl ViaTokio for tokio::io::DuplexStream {}
+impl ViaTokio for tokio::io::DuplexStream {
+    fn hung_up(&self) -> bool {
+        false
+    }
+}
 
 impl<T: ViaTokio> RelayIo for T {
     fn poll_fill(
@@ -196,6 +216,10 @@ impl<T: ViaTokio> RelayIo for T {
 
     fn poll_send(&mut self, cx: &mut Context<'_>, out: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(self).poll_write(cx, out)
+    }
+
+    fn hung_up(&self) -> bool {
+        ViaTokio::hung_up(self)
     }
 }
 
@@ -223,6 +247,13 @@ impl RelayIo for BackendStream {
         match self {
             BackendStream::Plain(s) => s.poll_send(cx, out),
             BackendStream::Tls(_) => Pin::new(self).poll_write(cx, out),
+        }
+    }
+
+    fn hung_up(&self) -> bool {
+        match self {
+            BackendStream::Plain(s) => hangup::hung_up(s),
+            BackendStream::Tls(s) => hangup::hung_up(s.get_ref().0),
         }
     }
 }

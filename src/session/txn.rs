@@ -6,8 +6,8 @@
 //! ([`super::prepared`]), and a statement the current connection lacks is prepared on it first.
 //! Every forwarded message that the backend answers leaves an entry in a queue of expected
 //! replies, so the proxy knows which replies to swallow (those to its own injected messages) and
-//! where to put the replies it makes itself (ParseComplete for a statement the connection already
-//! has, CloseComplete for a client-only Close). Session settings are replayed onto each
+//! where to put the replies it makes itself (CloseComplete for a client-only Close, the answer to
+//! a DEALLOCATE). Session settings are replayed onto each
 //! connection that does not carry them yet ([`super::tracking`]).
 
 use std::collections::VecDeque;
@@ -20,6 +20,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::cancel::CancelKey;
+use super::hangup::HangupWatch;
 use super::prepared::{self, ClientStatements, MAX_STATEMENTS_PER_CLIENT, Statement};
 use super::relay::{Passes, Waiting};
 use super::sockio::{ReadArm, RelayIo};
@@ -38,6 +39,10 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// Unwritten output beyond which the side producing it is not read.
 const HIGH_WATER: usize = 64 * 1024;
+/// Client input kept in a buffer this large, or larger once a long message went through, is
+/// moved to a fresh buffer of ordinary size when little of it is left: a 1 GiB statement leaves
+/// no 1 GiB buffer behind it.
+const MAX_IDLE_INPUT_CAPACITY: usize = 256 * 1024;
 /// Longest statement text remembered as plain (see `TxnSession::classify_parse`).
 const MAX_REMEMBERED_SQL: usize = 4096;
 
@@ -59,8 +64,7 @@ const MAX_EXPECTED: usize = 64 * 1024;
 const REFUSAL_STAND_IN: &str =
     "DO $pgtenant$BEGIN RAISE EXCEPTION 'refused by pgtenant'; END$pgtenant$";
 
-/// Backend name of the scratch statement of `TxnSession::probe_parse` and
-/// `TxnSession::parse_duplicate`.
+/// Backend name of the scratch statement of `TxnSession::parse_duplicate`.
 const PROBE_STATEMENT: &str = "pgtenant_probe";
 
 /// Reported parameters a client cannot set, so never replayed.
@@ -120,8 +124,6 @@ enum Owner {
 /// A reply the proxy writes itself, in order with the backend's.
 #[derive(Debug)]
 enum Local {
-    /// A named Parse of a statement the connection already has.
-    ParseComplete(NamedStatement),
     /// A Close the proxy answers alone; of a named statement, the one it forgot.
     CloseComplete(Option<NamedStatement>),
     Error(Box<ClientError>),
@@ -175,8 +177,7 @@ impl Expect {
     fn may_be_undone(&self) -> bool {
         matches!(
             self,
-            Expect::Reply { parse: Some(_), .. }
-                | Expect::Local(Local::ParseComplete(_) | Local::CloseComplete(Some(_)))
+            Expect::Reply { parse: Some(_), .. } | Expect::Local(Local::CloseComplete(Some(_)))
         )
     }
 }
@@ -185,12 +186,10 @@ impl Expect {
 struct ParseUndo {
     client_name: Option<Box<[u8]>>,
     stmt: Arc<Statement>,
-    /// The Parse prepares `stmt` on the backend (not a probe): failing, it is not there.
-    on_backend: bool,
 }
 
-/// A client's statement name and the statement it stood for: what a Parse or Close the proxy
-/// answered alone changed, undone if the backend skips the batch before it.
+/// A client's statement name and the statement it stood for: what a Close the proxy answered
+/// alone changed, undone if the backend skips the batch before it.
 #[derive(Debug)]
 struct NamedStatement {
     name: Box<[u8]>,
@@ -247,6 +246,10 @@ pub struct TxnSession<'a> {
     backend: Option<PooledConn>,
     acquiring: Option<Checkout>,
     cin: BytesMut,
+    /// Length of the message at the front of `cin` that must be handled whole (Query, Parse,
+    /// Describe, Close), while it has not all come: the client is read past `HIGH_WATER` until it
+    /// has, up to Postgres' own message limit. Zero otherwise.
+    cin_whole: usize,
     sout: BytesMut,
     /// Backend bytes; the first `sin_fwd` are approved for the client as they are, and go out
     /// after everything in `cout` (no copy unless the proxy must insert or drop something).
@@ -294,6 +297,8 @@ pub struct TxnSession<'a> {
     unsynced: bool,
     poisoned: bool,
     client_done: bool,
+    /// Checks whether a client that is held back (see `client_held_back`) has left.
+    hangup: HangupWatch,
 }
 
 impl Drop for TxnSession<'_> {
@@ -332,6 +337,7 @@ impl<'a> TxnSession<'a> {
             backend: None,
             acquiring: None,
             cin: early,
+            cin_whole: 0,
             sout: spare::take(READ_CHUNK),
             sin: spare::take(READ_CHUNK),
             sin_fwd: 0,
@@ -360,6 +366,7 @@ impl<'a> TxnSession<'a> {
             unsynced: false,
             poisoned: false,
             client_done: false,
+            hangup: HangupWatch::default(),
         }
     }
 
@@ -460,11 +467,8 @@ impl<'a> TxnSession<'a> {
             }
             // Each direction in turn: read, handle, and pass on at once, so one pass carries a
             // request to the backend or a reply to the client.
-            if !self.client_done
-                && !waiting.client_read
-                && self.cin.len() < HIGH_WATER
-                && self.sout.len() < HIGH_WATER
-            {
+            if !self.client_done && !waiting.client_read && !self.client_held_back() {
+                self.hangup.stop();
                 match read_some(cx, client, &mut self.cin, &mut self.client_arm) {
                     Poll::Pending => waiting.client_read = true,
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
@@ -576,12 +580,26 @@ impl<'a> TxnSession<'a> {
                 return Poll::Ready(TxnEnd::ClientLeft);
             }
             if !progress {
+                if !self.client_done
+                    && self.client_held_back()
+                    && self.hangup.poll_gone(cx, || client.hung_up())
+                {
+                    return Poll::Ready(TxnEnd::ClientLeft);
+                }
                 return Poll::Pending;
             }
             if passes.spent(cx) {
                 return Poll::Pending;
             }
         }
+    }
+
+    /// The client is not read: what it sent waits for the backend to take what went before
+    /// (a message the proxy needs whole is read to its end first).
+    #[inline(always)]
+    fn client_held_back(&self) -> bool {
+        (self.cin.len() >= HIGH_WATER && self.cin.len() >= self.cin_whole)
+            || self.sout.len() >= HIGH_WATER
     }
 
     fn server_gone(&mut self) -> TxnEnd {
@@ -678,7 +696,6 @@ impl<'a> TxnSession<'a> {
     fn write_local(&mut self, reply: Local) {
         self.spill_server();
         match reply {
-            Local::ParseComplete(_) => self.cout.put_slice(&[b'1', 0, 0, 0, 4]),
             Local::CloseComplete(_) => self.cout.put_slice(&[b'3', 0, 0, 0, 4]),
             Local::Error(e) => messages::error_response(&mut self.cout, &e),
             Local::CommandComplete(tag) => messages::write_message(&mut self.cout, b'C', |b| {
@@ -739,7 +756,20 @@ impl<'a> TxnSession<'a> {
         }
         let moved = self.client_messages();
         rewind(&mut self.cin);
+        if self.cin.capacity() > MAX_IDLE_INPUT_CAPACITY && self.cin_whole == 0 {
+            self.shrink_input();
+        }
         moved
+    }
+
+    /// Moves what is left of the client's input out of a buffer a long message made large.
+    #[cold]
+    fn shrink_input(&mut self) {
+        if self.cin.len() < READ_CHUNK {
+            let mut fresh = spare::take(READ_CHUNK);
+            fresh.extend_from_slice(&self.cin);
+            self.cin = fresh;
+        }
     }
 
     fn client_messages(&mut self) -> Result<bool, TxnEnd> {
@@ -786,6 +816,7 @@ impl<'a> TxnSession<'a> {
             }
             if self.skip != Skip::None {
                 if tag != b'S' {
+                    self.cin_whole = 0;
                     if whole {
                         self.cin.advance(len + 1);
                     } else {
@@ -814,12 +845,19 @@ impl<'a> TxnSession<'a> {
             match self.client_message(tag, len, whole)? {
                 Step::Done => {
                     moved = true;
+                    self.cin_whole = 0;
                     self.counts.queries += u64::from(tag == b'Q' || tag == b'E');
                     if self.backend.is_some() {
                         self.note_batch(tag);
                     }
                 }
-                Step::NeedMore => return Ok(moved),
+                Step::NeedMore => {
+                    // A Bind waits only for its names, which fit under HIGH_WATER.
+                    if tag != b'B' {
+                        self.await_whole(len + 1);
+                    }
+                    return Ok(moved);
+                }
                 Step::NeedBackend => {
                     if !self.pass_gate()? {
                         return Ok(true);
@@ -834,6 +872,16 @@ impl<'a> TxnSession<'a> {
                     return Ok(true);
                 }
             }
+        }
+    }
+
+    /// The message at the front of `cin`, `size` bytes with its tag, is needed whole: room is
+    /// made for all of it at once, and the client is read until it has come.
+    #[cold]
+    fn await_whole(&mut self, size: usize) {
+        if self.cin_whole != size {
+            self.cin_whole = size;
+            self.cin.reserve(size.saturating_sub(self.cin.len()));
         }
     }
 
@@ -1038,19 +1086,9 @@ impl<'a> TxnSession<'a> {
             self.refuse(ClientError::too_many_statements(MAX_STATEMENTS_PER_CLIENT));
             return Ok(Step::Done);
         }
-        self.undoable_queued = true;
-        if self.on_backend(&stmt) {
-            if self.parse_would_succeed() {
-                self.local(Local::ParseComplete(NamedStatement {
-                    name: name.into(),
-                    stmt,
-                }));
-            } else {
-                self.probe_parse(name, rest, stmt);
-            }
-        } else {
-            self.prepare_on_backend(&stmt, Owner::Client, Some(name.into()));
-        }
+        // Prepared again even where the connection has it: its copy may predate a schema
+        // change this client's Parse comes after (see `prepared`).
+        self.prepare_on_backend(&stmt, Owner::Client, Some(name.into()));
         Ok(Step::Done)
     }
 
@@ -1085,52 +1123,17 @@ impl<'a> TxnSession<'a> {
         });
     }
 
-    /// True when a Parse of a statement the connection already has would succeed on it now:
-    /// nothing of the client's is outstanding, and its transaction has not failed (where
-    /// Postgres refuses every Parse but COMMIT's and ROLLBACK's).
-    #[inline]
-    fn parse_would_succeed(&self) -> bool {
-        self.last_status != b'E'
-            && self.expect.iter().all(|e| {
-                matches!(
-                    e,
-                    Expect::Reply {
-                        reply: Reply::Query,
-                        owner: Owner::Proxy,
-                        ..
-                    }
-                )
-            })
-    }
-
-    /// A Parse whose outcome the proxy cannot know (behind replies still to come, or in a
-    /// failed transaction): the text is parsed on the backend under a scratch name, closed
-    /// again at once, and the backend's answer is the client's.
-    #[cold]
-    fn probe_parse(&mut self, name: &[u8], rest: &[u8], stmt: Arc<Statement>) {
-        self.close_probe();
-        write_probe_parse(&mut self.sout, rest);
-        self.expect.push_back(Expect::Reply {
-            reply: Reply::Parse,
-            owner: Owner::Client,
-            parse: Some(ParseUndo {
-                client_name: Some(name.into()),
-                stmt,
-                on_backend: false,
-            }),
-        });
-        self.close_probe();
-    }
-
-    /// True when the backend has `stmt`; marks it used.
+    /// True when the backend has `stmt`, prepared after the client's Parse; marks it used.
     fn on_backend(&mut self, stmt: &Statement) -> bool {
         self.backend
             .as_mut()
-            .is_some_and(|b| b.conn().statements.touch(&stmt.backend_name))
+            .is_some_and(|b| b.conn().statements.touch(stmt))
     }
 
     /// Sends `stmt`'s Parse to the backend, closing its least recently used statement first if
-    /// the connection is at its bound.
+    /// the connection is at its bound. A Close of the same name goes first: an older copy may
+    /// be there (see `prepared`), or one whose Close a failed batch skipped after the proxy
+    /// had forgotten it; Postgres answers a Close of no statement all the same.
     fn prepare_on_backend(
         &mut self,
         stmt: &Arc<Statement>,
@@ -1150,6 +1153,12 @@ impl<'a> TxnSession<'a> {
                 parse: None,
             });
         }
+        prepared::write_statement_target(&mut self.sout, b'C', &stmt.backend_name);
+        self.expect.push_back(Expect::Reply {
+            reply: Reply::Close,
+            owner: Owner::Proxy,
+            parse: None,
+        });
         self.sout.put_slice(&stmt.parse);
         self.expect.push_back(Expect::Reply {
             reply: Reply::Parse,
@@ -1157,7 +1166,6 @@ impl<'a> TxnSession<'a> {
             parse: Some(ParseUndo {
                 client_name,
                 stmt: stmt.clone(),
-                on_backend: true,
             }),
         });
     }
@@ -1834,17 +1842,12 @@ impl<'a> TxnSession<'a> {
             Expect::Reply {
                 parse: Some(undo), ..
             } => {
-                if undo.on_backend
-                    && let Some(conn) = self.backend.as_mut()
-                {
+                if let Some(conn) = self.backend.as_mut() {
                     conn.conn().statements.remove(&undo.stmt.backend_name);
                 }
                 if let Some(name) = undo.client_name {
                     self.forget_if_same(&name, &undo.stmt);
                 }
-            }
-            Expect::Local(Local::ParseComplete(named)) => {
-                self.forget_if_same(&named.name, &named.stmt);
             }
             Expect::Local(Local::CloseComplete(Some(named)))
                 if !self.statements.contains(&named.name) =>

@@ -333,5 +333,15 @@ pub fn render(shared: &Shared) -> String {
         "Tenants in the routing snapshot.",
         &[(String::new(), shared.catalog.snapshot().len().to_string())],
     );
+    family(
+        &mut out,
+        "pgtenant_log_lines_dropped_total",
+        "counter",
+        "Log lines dropped because the log output took none while they came.",
+        &[(
+            String::new(),
+            crate::logging::batch::dropped_total().to_string(),
+        )],
+    );
     out
 }

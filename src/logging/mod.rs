@@ -35,6 +35,7 @@ pub fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(batch::BatchedStderr);
+    batch::spawn_stderr_writer();
     batch::flush_before_panics();
     let _ = match format {
         // Colour only on a terminal: escape codes in log files are noise.
@@ -285,33 +286,30 @@ impl Visit for PlainVisitor<'_> {
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        let sanitize = self.writer.sanitizes_ansi_escapes();
         match value.source() {
             Some(source) => {
                 let name = field.name();
-                let sources = SourceList(source, sanitize);
-                let error = Escaped(format_args!("{value}"), sanitize);
-                self.record_debug(field, &format_args!("{error} {name}.sources={sources}"))
+                let sources = SourceList(source);
+                self.record_debug(field, &format_args!("{value} {name}.sources={sources}"))
             }
-            None => self.record_debug(
-                field,
-                &format_args!("{}", Escaped(format_args!("{value}"), sanitize)),
-            ),
+            None => self.record_debug(field, &format_args!("{value}")),
         }
     }
 
+    /// Every value reaches the line through [`EscapingWriter`]: a `%` field or an error's text
+    /// may carry what a client sent (a database name with a line break in it).
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         if field.name() == "message" {
             if self.result.is_ok() {
-                let sanitize = self.writer.sanitizes_ansi_escapes();
                 self.result = self
                     .pad()
-                    .and_then(|()| write!(EscapingWriter(&mut self.writer, sanitize), "{value:?}"));
+                    .and_then(|()| write!(EscapingWriter(&mut self.writer), "{value:?}"));
             }
             return;
         }
         if let Some(started) = self.start(field) {
-            self.result = started.and_then(|()| write!(self.writer, "{value:?}"));
+            self.result =
+                started.and_then(|()| write!(EscapingWriter(&mut self.writer), "{value:?}"));
         }
     }
 }
@@ -328,37 +326,26 @@ impl VisitFmt for PlainVisitor<'_> {
     }
 }
 
-/// A value with the terminal control characters a log line must not carry (ESC, BEL, BS, FF,
-/// DEL and the C1 range) written as escapes, when `.1` says so.
-struct Escaped<T>(T, bool);
-
-impl<T: fmt::Display> fmt::Display for Escaped<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(EscapingWriter(f, self.1), "{}", self.0)
-    }
-}
-
-/// Writes through to `.0`, escaping as [`Escaped`] says when `.1` is set.
-struct EscapingWriter<W>(W, bool);
+/// Writes through to `.0` with the control characters a log line must not carry escaped: line
+/// breaks and the other C0 controls (a forged line would follow), DEL and the C1 range
+/// (terminal escape sequences, as tracing-subscriber's own sanitising escapes them). Plain
+/// lines read as tracing-subscriber's do but for line breaks and tabs, which it writes as they
+/// are.
+struct EscapingWriter<W>(W);
 
 impl<W: fmt::Write> fmt::Write for EscapingWriter<W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        // Written as it is when not escaping or when no byte can start a control character
-        // (0xC2 leads every C1 character, and some others, which the loop writes unchanged).
-        if !self.1
-            || !s
-                .bytes()
-                .any(|b| matches!(b, 0x07 | 0x08 | 0x0c | 0x1b | 0x7f | 0xc2))
-        {
+        // Written as it is when no byte can start a control character (0xC2 leads every C1
+        // character, and some others, which the loop writes unchanged).
+        if !s.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2) {
             return self.0.write_str(s);
         }
         for ch in s.chars() {
             match ch {
-                '\x1b' => self.0.write_str("\\x1b")?,
-                '\x07' => self.0.write_str("\\x07")?,
-                '\x08' => self.0.write_str("\\x08")?,
-                '\x0c' => self.0.write_str("\\x0c")?,
-                '\x7f' => self.0.write_str("\\x7f")?,
+                '\n' => self.0.write_str("\\n")?,
+                '\r' => self.0.write_str("\\r")?,
+                '\t' => self.0.write_str("\\t")?,
+                '\x00'..='\x1f' | '\x7f' => write!(self.0, "\\x{:02x}", ch as u32)?,
                 '\u{80}'..='\u{9f}' => write!(self.0, "\\u{{{:x}}}", ch as u32)?,
                 _ => self.0.write_char(ch)?,
             }
@@ -368,14 +355,14 @@ impl<W: fmt::Write> fmt::Write for EscapingWriter<W> {
 }
 
 /// An error and its sources as a list, each escaped.
-struct SourceList<'a>(&'a (dyn std::error::Error + 'static), bool);
+struct SourceList<'a>(&'a (dyn std::error::Error + 'static));
 
 impl fmt::Display for SourceList<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut list = f.debug_list();
         let mut next = Some(self.0);
         while let Some(e) = next {
-            list.entry(&format_args!("{}", Escaped(format_args!("{e}"), self.1)));
+            list.entry(&format_args!("{e}"));
             next = e.source();
         }
         list.finish()
@@ -762,6 +749,56 @@ mod tests {
             text.contains("Z \x1b[31mERROR\x1b[0m pgtenant::logging::tests: red\n"),
             "{text:?}"
         );
+    }
+
+    #[test]
+    fn what_a_client_sent_cannot_forge_a_line_in_either_format() {
+        let forged = "x\n2026-12-01T00:00:00.000000Z  INFO pgtenant::session: forged\r\x1b[31m\x00";
+        static CAUSE: Failure<'static> = Failure("db \"a\nb\"\x1b]0;t\x07", None);
+        for json in [false, true] {
+            let out = Captured::default();
+            let sink = out.clone();
+            let builder = tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_writer(move || sink.clone());
+            let emit = || {
+                let log = client::ClientLog::new(1, "127.0.0.1:5000".parse().expect("address"));
+                log.in_scope(|| client::record_names(Some(forged), forged));
+                log.in_scope(|| {
+                    tracing::warn!(
+                        error = &CAUSE as &(dyn std::error::Error + 'static),
+                        tenant = %forged,
+                        database = ?forged,
+                        "login failed for {forged}"
+                    )
+                });
+            };
+            if json {
+                let b = builder.fmt_fields(JsonFields::new()).event_format(JsonLine);
+                tracing::subscriber::with_default(b.finish(), emit);
+            } else {
+                let b = builder.fmt_fields(PlainFields).event_format(PlainLine);
+                tracing::subscriber::with_default(b.finish(), emit);
+            }
+            let text = String::from_utf8(out.0.lock().expect("capture").clone()).expect("UTF-8");
+            assert_eq!(text.matches('\n').count(), 1, "one line: {text:?}");
+            assert!(
+                !text.bytes().any(|b| b < 0x20 && b != b'\n'),
+                "no control characters: {text:?}"
+            );
+            if json {
+                let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+                assert_eq!(v["fields"]["tenant"], forged);
+                assert_eq!(v["span"]["tenant"], forged);
+            } else {
+                assert!(
+                    text.contains("for x\\n2026-12-01T00:00:00.000000Z  INFO"),
+                    "{text}"
+                );
+                assert!(text.contains("error=db \"a\\nb\"\\x1b]0;t\\x07"), "{text}");
+                assert!(text.contains("forged\\r\\x1b[31m\\x00"), "{text}");
+            }
+        }
     }
 
     #[test]

@@ -266,38 +266,13 @@ async fn serve_exits_cleanly_on_console_shutdown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_one_line_per_connection_start_and_end_without_secrets() {
-    let bed = bed();
-    let slug = unique("logs");
-    create_tenant_db(&bed.a, &slug).await;
-    let port = pgtenant::localpg::free_port().expect("port");
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("pgtenant.toml");
     // Info lines held far longer than the test runs: they must still reach the log at exit.
-    std::fs::write(
-        &cfg,
-        format!(
-            "[[listeners]]\naddress = \"127.0.0.1:{port}\"\n[proxy]\nlog_format = \"json\"\nlog_flush_ms = 10000\n{}{}",
-            bed.a.toml(SCRAM_ROLE),
-            tenant_toml(&slug, &bed.a, &slug, "")
-        ),
+    let (child, slug, addr, _) = serve_piped(
+        dir.path(),
+        "[proxy]\nlog_format = \"json\"\nlog_flush_ms = 10000\n",
     )
-    .expect("config");
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("PGTENANT_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("serve");
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    let served = eventually(Duration::from_secs(10), || async {
-        match connect(addr, "app", &slug).await {
-            Ok(c) => whoami(&c).await == slug,
-            Err(_) => false,
-        }
-    })
     .await;
-    assert!(served);
     // A startup packet with an unknown protocol code: refused during the handshake.
     let mut raw = tokio::net::TcpStream::connect(addr).await.expect("raw");
     tokio::io::AsyncWriteExt::write_all(&mut raw, &[0, 0, 0, 8, 0x12, 0x34, 0x56, 0x78])
@@ -311,16 +286,7 @@ async fn json_logs_carry_one_line_per_connection_start_and_end_without_secrets()
     .await;
     assert_eq!(answer.first(), Some(&b'E'), "refused with an ErrorResponse");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    sigterm(&child, libc::SIGTERM);
-    let log = tokio::task::spawn_blocking(move || {
-        assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
-        let mut log = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut log)
-            .expect("log");
-        log
-    })
-    .await
-    .expect("wait");
+    let log = stop_and_read_log(child).await;
     assert!(!log.contains(PASSWORD), "no secrets in logs");
     let lines: Vec<serde_json::Value> = log
         .lines()
@@ -420,4 +386,196 @@ async fn sighup_reloads_the_config_file() {
             .await
             .expect("wait");
     assert!(status.success());
+}
+
+/// `pgtenant serve` with one tenant on server A, a metrics endpoint, info logs (plain text
+/// unless `head` says otherwise) and stderr piped to the test; returns the child, the tenant,
+/// and the client and metrics addresses.
+async fn serve_piped(
+    dir: &std::path::Path,
+    head: &str,
+) -> (
+    std::process::Child,
+    String,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
+    let bed = bed();
+    let slug = unique("logs");
+    create_tenant_db(&bed.a, &slug).await;
+    let port = pgtenant::localpg::free_port().expect("port");
+    let metrics_port = pgtenant::localpg::free_port().expect("port");
+    let cfg = dir.join("pgtenant.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{head}[[listeners]]\naddress = \"127.0.0.1:{port}\"\n[metrics]\naddress = \"127.0.0.1:{metrics_port}\"\n{}{}",
+            bed.a.toml(SCRAM_ROLE),
+            tenant_toml(&slug, &bed.a, &slug, "")
+        ),
+    )
+    .expect("config");
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("PGTENANT_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let served = eventually(Duration::from_secs(10), || async {
+        match connect(addr, "app", &slug).await {
+            Ok(c) => whoami(&c).await == slug,
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(served);
+    (child, slug, addr, ([127, 0, 0, 1], metrics_port).into())
+}
+
+/// Stops `child` with SIGTERM and returns what it logged.
+async fn stop_and_read_log(mut child: std::process::Child) -> String {
+    sigterm(&child, libc::SIGTERM);
+    tokio::task::spawn_blocking(move || {
+        assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+        let mut log = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut log)
+            .expect("log");
+        log
+    })
+    .await
+    .expect("wait")
+}
+
+/// Sends `startup` on a new connection; true when an ErrorResponse comes back within 10 s.
+async fn refused(addr: std::net::SocketAddr, startup: &[u8]) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let talk = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(startup).await.ok()?;
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer).await;
+        answer.first().copied()
+    };
+    tokio::time::timeout(Duration::from_secs(10), talk)
+        .await
+        .ok()
+        .flatten()
+        == Some(b'E')
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_reader_that_stalls_drops_lines_and_never_stalls_clients() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut child, slug, addr, metrics) = serve_piped(dir.path(), "").await;
+    // Nobody reads the pipe until the end: once it and the log buffer are full, lines are
+    // dropped. Each refused startup logs a line of about 200 bytes: 12,000 are twice what the
+    // pipe and the buffer hold.
+    let stderr = child.stderr.take().expect("stderr");
+    let bad_protocol = [0, 0, 0, 8, 0x12, 0x34, 0x56, 0x78];
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        tasks.push(tokio::spawn(async move {
+            let mut answered = 0;
+            for _ in 0..1500 {
+                answered += usize::from(refused(addr, &bad_protocol).await);
+            }
+            answered
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), 1500, "every client was answered");
+    }
+    let c = tokio::time::timeout(Duration::from_secs(10), connect(addr, "app", &slug))
+        .await
+        .expect("a login is not held up by the log")
+        .expect("login");
+    assert_eq!(whoami(&c).await, slug);
+    let scraped = tokio::time::timeout(Duration::from_secs(10), async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(metrics)
+            .await
+            .expect("metrics");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("request");
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.expect("response");
+        body
+    })
+    .await
+    .expect("metrics answer");
+    let dropped: u64 = scraped
+        .lines()
+        .find_map(|l| l.strip_prefix("pgtenant_log_lines_dropped_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no dropped-lines counter: {scraped}"));
+    assert!(dropped > 0, "{scraped}");
+    // Once the log is read again, a warning says how many lines were lost.
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let report = loop {
+        let line = lines_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("log lines once read again");
+        if line.contains("log lines dropped") {
+            break line;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no report");
+    };
+    assert!(report.contains(" WARN "), "{report}");
+    let reported: u64 = report
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("lines="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(
+        reported > 0 && reported <= dropped,
+        "{report} ({dropped} dropped)"
+    );
+    drop(c);
+    sigterm(&child, libc::SIGTERM);
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(20)))
+            .await
+            .expect("wait");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_a_client_sends_cannot_forge_plain_log_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (child, slug, addr, _) = serve_piped(dir.path(), "").await;
+    let forged = "x\n2026-12-01T00:00:00.000000Z  INFO pgtenant::session: forged \x1b[31mred";
+    let startup = |user: &str, db: &str| {
+        let mut out = bytes::BytesMut::new();
+        postgres_protocol::message::frontend::startup_message(
+            [("user", user), ("database", db)],
+            &mut out,
+        )
+        .expect("startup");
+        out.to_vec()
+    };
+    // An unknown tenant, and a known one with a user that does not exist, sent no password.
+    assert!(refused(addr, &startup("app", forged)).await);
+    connect_with(addr, forged, "wrong", &slug, "")
+        .await
+        .expect_err("no such user");
+    let log = stop_and_read_log(child).await;
+    assert!(log.contains("forged"), "the attempts were logged: {log}");
+    for line in log.lines() {
+        assert!(
+            !line.starts_with("2026-12-01T00:00:00"),
+            "forged line: {log}"
+        );
+        assert!(!line.contains('\x1b'), "raw escape: {line:?}");
+    }
 }

@@ -34,15 +34,14 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     let failed = || ClientError::password_failed(req.user);
     match (req.method, req.stored) {
         (AuthMethod::Trust, _) => Ok(()),
-        (AuthMethod::Md5, Some(StoredPassword::Md5(hex))) => {
-            md5_exchange(stream, rbuf, Some(hex)).await
-        }
-        (AuthMethod::Md5, None) => md5_exchange(stream, rbuf, None).await,
+        (AuthMethod::Md5, Some(StoredPassword::Md5(hex))) => md5_exchange(stream, rbuf, hex).await,
         (_, Some(StoredPassword::Scram(v))) => scram_exchange(stream, rbuf, v).await.map_err(|e| {
             tracing::debug!(error = %e, "SCRAM exchange failed");
             failed()
         }),
         // SCRAM listener and an md5-only user, or an unknown user: same exchange, same failure.
+        // On an md5 listener too an unknown user is asked for SCRAM, as Postgres asks one by its
+        // default `password_encryption`, so that it looks like a user with a SCRAM verifier.
         (_, _) => {
             let decoy = ScramVerifier::decoy(req.user, req.decoy_key);
             scram_exchange(stream, rbuf, &decoy)
@@ -85,7 +84,7 @@ async fn read_password_message<S: AsyncRead + Unpin>(
 async fn md5_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     rbuf: &mut BytesMut,
-    stored_hex: Option<&str>,
+    stored_hex: &str,
 ) -> Result<(), ClientError> {
     let mut salt = [0u8; 4];
     rand::rng().fill_bytes(&mut salt);
@@ -94,9 +93,10 @@ async fn md5_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     send(stream, &out).await?;
     let body = read_password_message(stream, rbuf).await?;
     let response = body.strip_suffix(&[0]).unwrap_or(&body);
-    match stored_hex {
-        Some(hex) if md5_response_matches(hex, salt, response) => Ok(()),
-        _ => Err(ClientError::password_failed("")),
+    if md5_response_matches(stored_hex, salt, response) {
+        Ok(())
+    } else {
+        Err(ClientError::password_failed(""))
     }
 }
 

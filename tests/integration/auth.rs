@@ -55,7 +55,33 @@ async fn md5_listener_uses_md5_hashes_and_scram_verifiers() {
         .await
         .expect_err("unknown user");
     assert_eq!(sqlstate(&e), "28P01");
+    // An unknown user is asked what a user with a SCRAM verifier is asked (SASL), as Postgres
+    // asks by its default password_encryption: which users exist cannot be probed.
+    for (user, method) in [("app", 10), ("ghost", 10), ("legacy", 5)] {
+        assert_eq!(
+            first_auth_request(addr, user, &slug).await,
+            method,
+            "{user}"
+        );
+    }
     proxy.shutdown().await;
+}
+
+/// The authentication method (the AuthenticationRequest code) the proxy first asks `user` for.
+async fn first_auth_request(addr: std::net::SocketAddr, user: &str, db: &str) -> u32 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut out = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::startup_message(
+        [("user", user), ("database", db)],
+        &mut out,
+    )
+    .expect("startup");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(&out).await.expect("send");
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).await.expect("reply");
+    assert_eq!(head[0], b'R', "{head:?}");
+    u32::from_be_bytes([head[5], head[6], head[7], head[8]])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

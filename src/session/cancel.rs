@@ -98,6 +98,12 @@ impl Drop for CancelKey {
 impl CancelRegistry {
     /// Mints a fresh random key for a client.
     pub fn register(self: &Arc<Self>) -> CancelKey {
+        self.register_as(None)
+    }
+
+    /// Mints a key for a client with a fresh random secret and process id `pid` when no other
+    /// client's key has it (a random one otherwise).
+    pub fn register_as(self: &Arc<Self>, pid: Option<i32>) -> CancelKey {
         let mut rng = rand::rng();
         let secret: [u8; 4] = rng.random();
         let entry = Arc::new(Entry {
@@ -106,11 +112,14 @@ impl CancelRegistry {
             state: AtomicU8::new(DETACHED),
         });
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        let pid = loop {
-            let pid = rng.random_range(1..i32::MAX);
-            if !keys.contains_key(&pid) {
-                break pid;
-            }
+        let pid = match pid {
+            Some(pid) if pid > 0 && !keys.contains_key(&pid) => pid,
+            _ => loop {
+                let pid = rng.random_range(1..i32::MAX);
+                if !keys.contains_key(&pid) {
+                    break pid;
+                }
+            },
         };
         keys.insert(pid, entry.clone());
         CancelKey {
@@ -223,5 +232,17 @@ mod tests {
         let secret = key.secret();
         drop(key);
         assert_eq!(reg.target_for(pid, &secret), None, "dropped keys are gone");
+    }
+
+    #[test]
+    fn a_chosen_process_id_is_used_unless_another_key_has_it() {
+        let reg = Arc::new(CancelRegistry::default());
+        let first = reg.register_as(Some(4242));
+        assert_eq!(first.pid, 4242);
+        let second = reg.register_as(Some(4242));
+        assert_ne!(second.pid, 4242, "taken: a random one");
+        assert_ne!(first.secret(), [0; 4]);
+        drop(first);
+        assert_eq!(reg.register_as(Some(4242)).pid, 4242, "free again");
     }
 }

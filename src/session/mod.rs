@@ -2,6 +2,7 @@
 //! take a backend connection, carry its settings over, relay, and give the connection back clean.
 
 pub mod cancel;
+pub mod hangup;
 pub mod params;
 pub mod prepared;
 pub mod relay;
@@ -209,8 +210,13 @@ async fn open<C: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
-    let key = shared.cancels.register();
     let conn = guard.conn();
+    // A session-mode client keeps its backend: it is told the backend's own process id (with
+    // a secret of the proxy's), so pg_backend_pid(), pg_stat_activity and a NOTIFY's sender
+    // agree with it. A transaction-mode client moves between backends: no one pid is its own.
+    let key = shared
+        .cancels
+        .register_as((!transaction_mode).then_some(conn.cancel.pid));
     key.attach(&conn.cancel);
     let mut out = BytesMut::with_capacity(512);
     messages::auth_ok(&mut out);
@@ -243,26 +249,32 @@ async fn close<C: AsyncWrite + Unpin>(
     let Opened {
         guard, key, tenant, ..
     } = opened;
-    key.detach();
+    // The status to reset the connection from, or None to close it: mid-query the backend may
+    // still be sending, and a connection a cancel was sent to may get the signal after the
+    // client's query ended, in the next client's.
+    let cancelled = key.detach();
+    let reusable = match link {
+        LinkState::Ready(status) if !cancelled => Some(status),
+        _ => None,
+    };
     let reset_timeout = Duration::from_millis(shared.config().proxy.reset_timeout_ms);
     match end {
         RelayEnd::ClientLeft => {
-            match link {
-                LinkState::Ready(status) => guard.release(status, reset_timeout).await,
-                // Mid-query: the backend may still be sending; closing is the only safe reset.
-                LinkState::Busy { .. } => drop(guard),
+            match reusable {
+                Some(status) => guard.release(status, reset_timeout).await,
+                None => drop(guard),
             }
             SessionEnd::ClientLeft
         }
         RelayEnd::ServerGone => SessionEnd::ServerGone,
         RelayEnd::ShuttingDown => {
-            if let LinkState::Ready(status) = link {
+            if let Some(status) = reusable {
                 guard.release(status, reset_timeout).await;
             }
             refuse(client, ClientError::shutting_down()).await
         }
         RelayEnd::PausedTooLong(waited) => {
-            if let LinkState::Ready(status) = link {
+            if let Some(status) = reusable {
                 guard.release(status, reset_timeout).await;
             }
             let e = ClientError::tenant_paused(&tenant.slug, waited.as_millis() as u64);

@@ -78,3 +78,47 @@ async fn cancel_with_the_proxy_key_stops_the_query_and_a_wrong_key_does_nothing(
     assert_eq!(status, b'I');
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_mode_client_is_told_its_backends_own_pid() {
+    let (proxy, slug) = single_tenant_proxy("scram-sha-256", "", "").await;
+    let mut raw = RawClient::login(proxy.addrs[0], "app", &slug).await;
+    raw.send_query("SELECT pg_backend_pid()").await;
+    let pid = loop {
+        let (tag, body) = raw.read().await;
+        if tag == b'D' {
+            // One column: its length, then its text.
+            break std::str::from_utf8(&body[6..])
+                .expect("text")
+                .parse::<i32>()
+                .expect("pid");
+        }
+    };
+    assert_eq!(raw.key.0, pid, "BackendKeyData names the backend's own pid");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_mode_connection_sent_a_cancel_is_closed_not_pooled() {
+    let (proxy, slug) = single_tenant_proxy("scram-sha-256", "", "pool_size = 1").await;
+    let addr = proxy.addrs[0];
+    let c = connect(addr, "app", &slug).await.expect("connects");
+    let cancelled_pid = backend_pid(&c).await;
+    let token = c.cancel_token();
+    let running = tokio::spawn(async move { c.query("SELECT pg_sleep(30)", &[]).await.map(|_| c) });
+    assert!(sleeping(&slug, "SELECT pg_sleep(30)").await);
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel sent");
+    let e = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("query ends soon after the cancel")
+        .expect("task")
+        .expect_err("query was cancelled");
+    assert_eq!(sqlstate(&e), "57014");
+    // The client left; a late signal could hit whoever got that connection next.
+    let next = connect(addr, "app", &slug).await.expect("connects");
+    assert_ne!(backend_pid(&next).await, cancelled_pid);
+    proxy.shutdown().await;
+}

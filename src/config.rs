@@ -345,16 +345,16 @@ pub struct ServerConfig {
     /// when absent.
     #[serde(default)]
     pub max_connections: Option<u32>,
-    /// TLS to this server: disable, prefer (default), require or verify-full.
+    /// TLS to this server: disable, prefer (default), require, verify-ca or verify-full.
     #[serde(default)]
     pub tls_mode: Option<String>,
-    /// PEM file of the CA that signs the server's certificate (verify-full).
+    /// PEM file of the CA that signs the server's certificate (verify-ca, verify-full).
     #[serde(default)]
     pub tls_ca_file: Option<String>,
 }
 
 impl ServerConfig {
-    /// The server's TLS settings, checked: a known mode, and a CA file for verify-full.
+    /// The server's TLS settings, checked: a known mode, and a CA file for verify-ca/-full.
     pub fn backend_tls(&self) -> Result<crate::pool::backend_tls::BackendTls, String> {
         crate::pool::backend_tls::BackendTls::from_settings(
             self.tls_mode.as_deref(),

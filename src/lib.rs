@@ -26,6 +26,8 @@
 //!   transaction-mode session (prepared statements, tracked settings, pinning), cancel routing.
 //! - [`server`]: the accept loop, connection permits and shutdown.
 //! - [`metrics`]: the Prometheus endpoint, rendered from live state at scrape time.
+//! - [`pgclient`]: the proxy's own tokio-postgres connections (catalog, provisioning), over
+//!   the backend TLS negotiation, with libpq's `sslmode` and `sslrootcert`.
 //! - [`stats`]: per-tenant usage counters, added once per transaction.
 //! - [`usage`]: per-tenant usage flushed to the catalog database.
 //! - [`tls`]: client-facing TLS acceptors per listener, reloadable; the TLS client stream.
@@ -56,6 +58,7 @@ pub mod handshake;
 pub mod localpg;
 pub mod logging;
 pub mod metrics;
+pub mod pgclient;
 pub mod pool;
 pub mod protocol;
 pub mod provision;

@@ -40,10 +40,12 @@ pub enum ServerCommand {
         /// Backend connections shared by all tenants on it (the proxy default when absent).
         #[arg(long)]
         max_connections: Option<i32>,
-        /// How the proxy secures its connections to it: disable, prefer, require, verify-full.
+        /// How the proxy secures its connections to it: disable, prefer, require, verify-ca,
+        /// verify-full.
         #[arg(long, default_value = "prefer")]
         tls_mode: String,
-        /// PEM file (on each proxy's host) of the CA that signs its certificate (verify-full).
+        /// PEM file (on each proxy's host) of the CA that signs its certificate (verify-ca,
+        /// verify-full).
         #[arg(long)]
         tls_ca_file: Option<String>,
     },

@@ -1,7 +1,8 @@
-//! Backend-facing TLS, per server, with libpq's sslmode meanings: `disable` never asks,
-//! `prefer` asks and falls back to plaintext when the server says no, `require` insists but
-//! checks no certificate, `verify-full` insists and checks the chain against a CA file and the
-//! host name. The relay reads and writes a [`BackendStream`] either way.
+//! Backend-facing TLS, per server (and for the catalog and provisioning connections), with
+//! libpq's sslmode meanings: `disable` never asks, `prefer` asks and falls back to plaintext
+//! when the server says no, `require` insists but checks no certificate, `verify-ca` insists and
+//! checks the chain against a CA file, `verify-full` checks the host name too. The relay reads
+//! and writes a [`BackendStream`] either way.
 
 use std::collections::HashMap;
 use std::io;
@@ -29,6 +30,8 @@ pub enum BackendTlsMode {
     Prefer,
     /// TLS or no connection; the certificate is not checked.
     Require,
+    /// TLS with the chain checked against `tls_ca_file`, whatever host name it names.
+    VerifyCa,
     /// TLS with the chain checked against `tls_ca_file` and the host name against the
     /// certificate.
     VerifyFull,
@@ -41,9 +44,15 @@ impl BackendTlsMode {
             "disable" => Some(Self::Disable),
             "prefer" => Some(Self::Prefer),
             "require" => Some(Self::Require),
+            "verify-ca" => Some(Self::VerifyCa),
             "verify-full" => Some(Self::VerifyFull),
             _ => None,
         }
+    }
+
+    /// The certificate chain is checked against a CA file.
+    pub fn verifies(self) -> bool {
+        matches!(self, Self::VerifyCa | Self::VerifyFull)
     }
 
     /// The value as written in config.
@@ -52,6 +61,7 @@ impl BackendTlsMode {
             Self::Disable => "disable",
             Self::Prefer => "prefer",
             Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
             Self::VerifyFull => "verify-full",
         }
     }
@@ -62,7 +72,7 @@ impl BackendTlsMode {
 pub struct BackendTls {
     /// The mode.
     pub mode: BackendTlsMode,
-    /// PEM file of the CA(s) that sign the server's certificate (`verify-full`).
+    /// PEM file of the CA(s) that sign the server's certificate (`verify-ca`, `verify-full`).
     pub ca_file: Option<String>,
 }
 
@@ -79,12 +89,14 @@ impl BackendTls {
         let mode = match mode {
             None => BackendTlsMode::default(),
             Some(m) => BackendTlsMode::parse(m).ok_or_else(|| {
-                format!("{mode_name} \"{m}\" is not one of disable, prefer, require, verify-full")
+                format!(
+                    "{mode_name} \"{m}\" is not one of disable, prefer, require, verify-ca, verify-full"
+                )
             })?,
         };
         let ca_file = ca_file.filter(|f| !f.is_empty()).map(str::to_owned);
-        if mode == BackendTlsMode::VerifyFull && ca_file.is_none() {
-            return Err(format!("{mode_name} verify-full needs {ca_name}"));
+        if mode.verifies() && ca_file.is_none() {
+            return Err(format!("{mode_name} {} needs {ca_name}", mode.as_str()));
         }
         Ok(BackendTls { mode, ca_file })
     }
@@ -206,10 +218,10 @@ pub async fn negotiate(
     Ok(BackendStream::Tls(Box::new(stream)))
 }
 
-/// Client configs by CA file (none: unverified), built once; RELOAD empties it so renewed CA
-/// files are read again.
-static CONFIGS: Mutex<Option<HashMap<Option<String>, Arc<rustls::ClientConfig>>>> =
-    Mutex::new(None);
+/// Client configs by CA file and whether the host name is checked (no file: unverified), built
+/// once; RELOAD empties it so renewed CA files are read again.
+type ConfigKey = Option<(String, bool)>;
+static CONFIGS: Mutex<Option<HashMap<ConfigKey, Arc<rustls::ClientConfig>>>> = Mutex::new(None);
 
 /// Forgets the built configs: the next connection to each server reads its CA file again.
 pub fn reload() {
@@ -217,10 +229,12 @@ pub fn reload() {
 }
 
 fn client_config(tls: &BackendTls) -> Result<Arc<rustls::ClientConfig>, BackendTlsError> {
-    let key = match tls.mode {
-        BackendTlsMode::VerifyFull => Some(tls.ca_file.clone().unwrap_or_default()),
-        _ => None,
-    };
+    let key = tls.mode.verifies().then(|| {
+        (
+            tls.ca_file.clone().unwrap_or_default(),
+            tls.mode == BackendTlsMode::VerifyFull,
+        )
+    });
     let mut configs = CONFIGS.lock().unwrap_or_else(|p| p.into_inner());
     let configs = configs.get_or_insert_with(HashMap::new);
     if let Some(c) = configs.get(&key) {
@@ -231,9 +245,21 @@ fn client_config(tls: &BackendTls) -> Result<Arc<rustls::ClientConfig>, BackendT
         .with_safe_default_protocol_versions()
         .map_err(|e| BackendTlsError::Handshake(io::Error::other(e)))?;
     let config = match &key {
-        Some(path) => builder
+        Some((path, true)) => builder
             .with_root_certificates(roots(path)?)
             .with_no_client_auth(),
+        Some((path, false)) => {
+            let chain = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots(path)?),
+                provider,
+            )
+            .build()
+            .map_err(|e| BackendTlsError::Handshake(io::Error::other(e)))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyName(chain)))
+                .with_no_client_auth()
+        }
         None => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
@@ -250,7 +276,7 @@ fn roots(path: &str) -> Result<rustls::RootCertStore, BackendTlsError> {
         reason,
     };
     if path.is_empty() {
-        return Err(bad("verify-full needs tls_ca_file".into()));
+        return Err(bad("certificate verification needs a CA file".into()));
     }
     let mut store = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
@@ -262,6 +288,54 @@ fn roots(path: &str) -> Result<rustls::RootCertStore, BackendTlsError> {
         return Err(bad("no certificate in it".into()));
     }
     Ok(store)
+}
+
+/// `verify-ca`: the chain is checked as for `verify-full`, but not the host name, as libpq does.
+#[derive(Debug)]
+struct AnyName(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        use rustls::CertificateError::{NotValidForName, NotValidForNameContext};
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                NotValidForName | NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 /// `prefer` and `require`: any certificate is accepted (as libpq does without a root file),

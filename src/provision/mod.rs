@@ -35,6 +35,9 @@ pub enum ProvisionError {
     /// A migrations directory could not be read.
     #[error("{0}")]
     Io(String),
+    /// No connection to a server (TCP, or TLS as its tls_mode demands).
+    #[error("{0}")]
+    Connect(String),
 }
 
 impl ProvisionError {

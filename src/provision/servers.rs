@@ -7,6 +7,7 @@ use tokio_postgres::Client;
 use super::sql::Login;
 use super::{ProvisionError, Result};
 use crate::error::Secret;
+use crate::pool::backend_tls::BackendTls;
 use crate::tenant::validate_slug;
 
 /// A server row.
@@ -26,6 +27,8 @@ pub struct ServerRow {
     pub max_connections: Option<i32>,
     /// Tenants placed on it.
     pub tenants: i64,
+    /// How provisioning (and the proxy) secure connections to it.
+    pub tls: BackendTls,
 }
 
 impl ServerRow {
@@ -36,6 +39,7 @@ impl ServerRow {
             port: self.port,
             user: self.admin_user.clone(),
             password: self.admin_password.clone(),
+            tls: self.tls.clone(),
         }
     }
 }
@@ -55,9 +59,9 @@ pub struct NewServer {
     pub admin_password: Secret,
     /// Shared backend connection budget.
     pub max_connections: Option<i32>,
-    /// TLS from the proxy: disable, prefer, require or verify-full.
+    /// TLS from the proxy: disable, prefer, require, verify-ca or verify-full.
     pub tls_mode: String,
-    /// The CA file verify-full checks against.
+    /// The CA file verify-ca and verify-full check against.
     pub tls_ca_file: Option<String>,
 }
 
@@ -113,24 +117,34 @@ pub async fn list(catalog: &Client) -> Result<Vec<ServerRow>> {
     let rows = catalog
         .query(
             "SELECT s.name, s.host, s.port, s.backend_user, s.backend_password, s.max_connections,
-                    (SELECT count(*) FROM pgtenant.tenants t WHERE t.server = s.name)
+                    (SELECT count(*) FROM pgtenant.tenants t WHERE t.server = s.name),
+                    s.tls_mode, s.tls_ca_file
              FROM pgtenant.servers s ORDER BY s.name COLLATE \"C\"",
             &[],
         )
         .await
         .map_err(ProvisionError::db("reading servers from the catalog"))?;
-    Ok(rows
-        .iter()
-        .map(|r| ServerRow {
-            name: r.get(0),
-            host: r.get(1),
-            port: u16::try_from(r.get::<_, i32>(2)).unwrap_or(0),
-            admin_user: r.get(3),
-            admin_password: Secret::new(r.get::<_, String>(4)),
-            max_connections: r.get(5),
-            tenants: r.get(6),
+    rows.iter()
+        .map(|r| {
+            let name: String = r.get(0);
+            let tls = BackendTls::from_settings(
+                r.get::<_, Option<&str>>(7),
+                r.get::<_, Option<&str>>(8),
+                ["tls_mode", "tls_ca_file"],
+            )
+            .map_err(|e| ProvisionError::Invalid(format!("server \"{name}\": {e}")))?;
+            Ok(ServerRow {
+                name,
+                host: r.get(1),
+                port: u16::try_from(r.get::<_, i32>(2)).unwrap_or(0),
+                admin_user: r.get(3),
+                admin_password: Secret::new(r.get::<_, String>(4)),
+                max_connections: r.get(5),
+                tenants: r.get(6),
+                tls,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// One server by name.

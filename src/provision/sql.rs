@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use rand::RngCore;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::{ProvisionError, Result};
 use crate::error::Secret;
@@ -59,6 +59,8 @@ pub struct Login {
     pub user: String,
     /// Its password (empty for trust).
     pub password: Secret,
+    /// TLS as the server's `tls_mode` and `tls_ca_file` say.
+    pub tls: crate::pool::backend_tls::BackendTls,
 }
 
 /// Connects to `database` as `login`; the connection is driven by a task of its own.
@@ -79,10 +81,12 @@ pub async fn connect(login: &Login, database: &str) -> Result<Client> {
         "connecting to database \"{database}\" on {}:{} as \"{}\"",
         login.host, login.port, login.user
     );
-    let (client, connection) = config
-        .connect(NoTls)
+    let (client, connection) = crate::pgclient::connect(&config, &login.tls)
         .await
-        .map_err(ProvisionError::db(step))?;
+        .map_err(|e| match e {
+            crate::pgclient::ConnectError::Db(e) => ProvisionError::db(step)(e),
+            other => ProvisionError::Connect(format!("{step}: {other}")),
+        })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "provisioning connection ended");

@@ -254,6 +254,7 @@ async fn provision(
                 port: server.port,
                 user: role.clone(),
                 password: password.clone(),
+                tls: server.tls.clone(),
             },
         },
     };
@@ -815,6 +816,7 @@ pub async fn migration_places(catalog: &Client, only: Option<&str>) -> Result<Ve
                 port: server.port,
                 user,
                 password: t.backend_password,
+                tls: server.tls.clone(),
             },
             None => server.admin_login(),
         };

@@ -46,7 +46,7 @@ async fn catalog_migrate_is_idempotent_and_records_versions() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("pgtenant.toml");
     std::fs::write(&cfg, format!("[catalog]\nurl = \"{url}\"\n")).expect("config");
-    for expected in ["applied versions [1, 2, 3, 4, 5]", "applied versions []"] {
+    for expected in ["applied versions [1, 2, 3, 4, 5, 6]", "applied versions []"] {
         let out = Command::new(BIN)
             .args(["catalog", "migrate", "--config"])
             .arg(&cfg)
@@ -74,7 +74,7 @@ async fn catalog_migrate_is_idempotent_and_records_versions() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
     for table in ["servers", "tenants", "tenant_users"] {
         c.query(&format!("SELECT * FROM pgtenant.{table}"), &[])
             .await

@@ -50,14 +50,14 @@ async fn run_cli(catalog: &str, args: &[&str], stdin: &str) -> (bool, String) {
 }
 
 /// Runs the CLI, asserting success; returns its output.
-async fn ok(catalog: &str, args: &[&str], stdin: &str) -> String {
+pub(crate) async fn ok(catalog: &str, args: &[&str], stdin: &str) -> String {
     let (success, out) = run_cli(catalog, args, stdin).await;
     assert!(success, "pgtenant {args:?} failed:\n{out}");
     out
 }
 
 /// Runs the CLI, asserting failure; returns its output.
-async fn fails(catalog: &str, args: &[&str], stdin: &str) -> String {
+pub(crate) async fn fails(catalog: &str, args: &[&str], stdin: &str) -> String {
     let (success, out) = run_cli(catalog, args, stdin).await;
     assert!(!success, "pgtenant {args:?} should have failed:\n{out}");
     out

@@ -448,3 +448,209 @@ async fn backend_tls_follows_each_servers_mode() {
     }
     drop(cluster);
 }
+
+/// Whether the session of `c` is encrypted, as the server sees it.
+async fn session_uses_tls(c: &tokio_postgres::Client) -> bool {
+    backend_uses_tls(c).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_and_provisioning_connect_with_tls_as_told() {
+    use crate::lifecycle::{fails, ok};
+    use pgtenant::error::Secret;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let (ca, cert, key) = ca_and_cert(&["localhost"]);
+    let (other_ca, _, _) = ca_and_cert(&["localhost"]);
+    let (ca_file, other_ca_file) = (dir.join("ca.pem"), dir.join("other-ca.pem"));
+    std::fs::write(&ca_file, ca).expect("ca");
+    std::fs::write(&other_ca_file, other_ca).expect("other ca");
+    let (ca_path, other_path) = (ca_file.display(), other_ca_file.display());
+    // A server holding the catalog that, once TLS is on, refuses every login without it.
+    let (cluster, tls_pg) = own_server("tls_catalog").await;
+    let catalog_url = create_catalog(&tls_pg, &[]).await;
+    let hba: String = tls_pg
+        .superuser("postgres")
+        .await
+        .query_one("SHOW hba_file", &[])
+        .await
+        .expect("hba_file")
+        .get(0);
+    let old = std::fs::read_to_string(&hba).expect("read hba");
+    std::fs::write(&hba, format!("hostnossl all all all reject\n{old}")).expect("write hba");
+    cluster.enable_tls(&cert, &key).expect("tls on");
+    let (db, port) = (
+        catalog_url.rsplit('/').next().expect("db name").to_owned(),
+        tls_pg.port,
+    );
+    let url = |host: &str, params: &str| {
+        format!("postgresql://postgres:{PASSWORD}@{host}:{port}/{db}{params}")
+    };
+    let catalog = |conninfo: String| async move {
+        pgtenant::tenant::catalog::postgres::connect(&Secret::new(conninfo), None).await
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            catalog(url("127.0.0.1", "?sslmode=disable")).await.is_err()
+        })
+        .await,
+        "the server never refused plaintext"
+    );
+    // (connection string, connects)
+    let cases = [
+        (url("127.0.0.1", ""), true), // prefer: TLS, offered
+        (url("127.0.0.1", "?sslmode=require"), true),
+        (
+            url(
+                "127.0.0.1",
+                &format!("?sslmode=verify-ca&sslrootcert={ca_path}"),
+            ),
+            true,
+        ),
+        (
+            url(
+                "localhost",
+                &format!("?sslmode=verify-full&sslrootcert={ca_path}"),
+            ),
+            true,
+        ),
+        (
+            format!(
+                "host=localhost port={port} user=postgres password={PASSWORD} dbname={db} \
+                 sslmode=verify-full sslrootcert='{ca_path}'"
+            ),
+            true,
+        ),
+        (url("127.0.0.1", "?sslmode=disable"), false),
+        // The certificate names localhost only.
+        (
+            url(
+                "127.0.0.1",
+                &format!("?sslmode=verify-full&sslrootcert={ca_path}"),
+            ),
+            false,
+        ),
+        (
+            url(
+                "localhost",
+                &format!("?sslmode=verify-ca&sslrootcert={other_path}"),
+            ),
+            false,
+        ),
+    ];
+    for (conninfo, connects) in cases {
+        match catalog(conninfo.clone()).await {
+            Ok(c) => {
+                assert!(connects, "{conninfo} connected");
+                assert!(session_uses_tls(&c).await, "{conninfo}");
+            }
+            Err(e) => {
+                assert!(!connects, "{conninfo}: {e}");
+                assert!(!e.to_string().contains(PASSWORD), "{e}");
+            }
+        }
+    }
+    let verified = url(
+        "localhost",
+        &format!("?sslmode=verify-full&sslrootcert={ca_path}"),
+    );
+    let refused = url(
+        "localhost",
+        &format!("?sslmode=verify-full&sslrootcert={other_path}"),
+    );
+    // A proxy loads and follows that catalog over verified TLS.
+    let slug = unique("tlscat");
+    create_tenant_db(&bed().a, &slug).await;
+    let c = catalog(verified.clone()).await.expect("catalog");
+    c.execute(
+        "INSERT INTO pgtenant.servers (name, host, port, backend_user, backend_password) VALUES ('a', '127.0.0.1', $1, $2, $3)",
+        &[&i32::from(bed().a.port), &SCRAM_ROLE, &PASSWORD],
+    )
+    .await
+    .expect("server row");
+    catalog_add_tenant(
+        &c,
+        &slug,
+        &Server {
+            name: "a",
+            port: bed().a.port,
+        },
+        &slug,
+    )
+    .await;
+    let proxy = crate::catalog::proxy_on_catalog(&verified, "").await;
+    let client = connect(proxy.addrs[0], "app", &slug).await.expect("routed");
+    assert_eq!(whoami(&client).await, slug);
+    proxy.shutdown().await;
+    // The CLI reaches the catalog the same way, and refuses a CA that did not sign it.
+    let out = fails(&refused, &["server", "list"], "").await;
+    assert!(!out.contains(PASSWORD), "{out}");
+    assert!(
+        out.contains("certificate"),
+        "refused for its certificate: {out}"
+    );
+    ok(&verified, &["server", "list"], "").await;
+    // Provisioning on the TLS-only server follows its tls_mode.
+    let port = port.to_string();
+    let add = |name: &'static str, mode: &'static str| {
+        let (port, ca_path) = (port.clone(), ca_path.to_string());
+        let verified = verified.clone();
+        async move {
+            let mut args = vec![
+                "server",
+                "add",
+                name,
+                "--host",
+                "localhost",
+                "--port",
+                &port,
+                "--admin-user",
+                "postgres",
+                "--tls-mode",
+                mode,
+            ];
+            if mode.starts_with("verify") {
+                args.extend(["--tls-ca-file", &ca_path]);
+            }
+            ok(&verified, &args, &format!("{PASSWORD}\n")).await;
+        }
+    };
+    add("tls_full", "verify-full").await;
+    add("tls_plain", "disable").await;
+    let made = unique("tlsprov");
+    ok(
+        &verified,
+        &[
+            "tenant",
+            "create",
+            &made,
+            "--server",
+            "tls_full",
+            "--isolation",
+            "database",
+        ],
+        "",
+    )
+    .await;
+    let out = fails(
+        &verified,
+        &[
+            "tenant",
+            "create",
+            &unique("tlsprov"),
+            "--server",
+            "tls_plain",
+            "--isolation",
+            "database",
+        ],
+        "",
+    )
+    .await;
+    assert!(!out.contains(PASSWORD), "{out}");
+    assert!(
+        out.contains("no encryption"),
+        "refused for want of TLS: {out}"
+    );
+    ok(&verified, &["tenant", "drop", &made, "--yes"], "").await;
+    drop(cluster);
+}

@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0005_server_tls.sql",
         include_str!("../../../catalog_migrations/0005_server_tls.sql"),
     ),
+    (
+        6,
+        "0006_verify_ca.sql",
+        include_str!("../../../catalog_migrations/0006_verify_ca.sql"),
+    ),
 ];
 
 /// Advisory lock key that serialises migration runs ("pgtenant" in ASCII).

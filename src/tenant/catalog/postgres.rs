@@ -2,13 +2,12 @@
 //! transaction, LISTENs on `pgtenant_catalog` for changes, reloads periodically, and reconnects
 //! by itself. While the database is unreachable the last snapshot keeps serving.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 
 use super::Catalog;
 use crate::config::{CatalogConfig, ServerConfig, TenantConfig, TenantUserConfig};
@@ -27,10 +26,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Why the catalog database could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    /// The URL does not parse.
-    #[error("invalid catalog URL")]
-    BadUrl,
-    /// Connection or query failure.
+    /// The URL does not parse, or its TLS settings are wrong (the text never quotes the URL).
+    #[error("invalid catalog URL: {0}")]
+    BadUrl(String),
+    /// No connection: TCP, TLS (as the URL's sslmode demands) or the login failed.
+    #[error("catalog database: {0}")]
+    Connect(crate::pgclient::ConnectError),
+    /// Query failure.
     #[error("catalog database: {0}")]
     Db(#[from] tokio_postgres::Error),
     /// A query took too long.
@@ -48,15 +50,19 @@ pub async fn connect(
     url: &Secret,
     notify: Option<mpsc::Sender<Option<SystemTime>>>,
 ) -> Result<Client, CatalogError> {
-    let mut config =
-        tokio_postgres::Config::from_str(url.expose()).map_err(|_| CatalogError::BadUrl)?;
+    let (mut config, tls) = crate::pgclient::parse(url.expose()).map_err(|e| match e {
+        crate::pgclient::ConnectError::BadString(why) => CatalogError::BadUrl(why),
+        other => CatalogError::Connect(other),
+    })?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
     }
     if config.get_application_name().is_none() {
         config.application_name("pgtenant-catalog");
     }
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = crate::pgclient::connect(&config, &tls)
+        .await
+        .map_err(CatalogError::Connect)?;
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(msg) = messages.next().await {

@@ -47,7 +47,7 @@ pub enum Classified {
 /// changes nothing).
 #[derive(Debug)]
 pub struct SettingsChange {
-    /// Set, Reset, ResetAll or DiscardAll.
+    /// Set, Reset, ResetAll, DiscardAll, or Deallocate (of the client's statement names).
     pub class: Classified,
     /// The statement's text, replayed for a Set.
     pub text: Bytes,
@@ -62,6 +62,7 @@ impl SettingsChange {
                 | Classified::Reset { .. }
                 | Classified::ResetAll
                 | Classified::DiscardAll
+                | Classified::Deallocate(_)
         )
         .then(|| {
             Arc::new(SettingsChange {

@@ -1060,6 +1060,17 @@ impl<'a> TxnSession<'a> {
             return Ok(Step::NeedBackend);
         }
         let class = self.classify_parse(sql);
+        // DEALLOCATE of a statement the client has: the backend knows it by another name.
+        let stand_in;
+        let (msg, rest) = match &class {
+            Classified::Deallocate(Some(target))
+                if self.pinned.is_none() && self.statements.contains(target.as_bytes()) =>
+            {
+                stand_in = self.deallocate_stand_in(name, rest, sql.len());
+                (&stand_in[..], &stand_in[5 + name.len() + 1..])
+            }
+            _ => (msg, rest),
+        };
         let change = match class {
             Classified::Plain => None,
             // Postgres refuses several statements in one Parse.
@@ -1111,6 +1122,37 @@ impl<'a> TxnSession<'a> {
         let err = ClientError::duplicate_statement(&String::from_utf8_lossy(name));
         self.expect
             .push_back(Expect::Local(Local::Error(Box::new(err))));
+    }
+
+    /// A Parse of `DEALLOCATE name`, a statement the client has, goes to the backend as
+    /// `DEALLOCATE` of the scratch statement, prepared just before it: run, it answers as
+    /// Postgres would (a second run fails with `26000`), and the client's name goes when it runs
+    /// (see `execute_portal`). `rest` is the client's text (`sql_len` bytes, then a NUL) and
+    /// parameter types; returns the whole Parse message to send in its place.
+    #[cold]
+    fn deallocate_stand_in(&mut self, name: &[u8], rest: &[u8], sql_len: usize) -> Vec<u8> {
+        self.close_probe();
+        messages::write_message(&mut self.sout, b'P', |b| {
+            b.put_slice(PROBE_STATEMENT.as_bytes());
+            b.put_u8(0);
+            b.put_slice(b"SELECT 1\0\0\0");
+        });
+        self.expect.push_back(Expect::Reply {
+            reply: Reply::Parse,
+            owner: Owner::Proxy,
+            parse: None,
+        });
+        let sql = format!("DEALLOCATE {PROBE_STATEMENT}");
+        let types = rest.get(sql_len + 1..).unwrap_or_default();
+        let mut out = BytesMut::new();
+        messages::write_message(&mut out, b'P', |b| {
+            b.put_slice(name);
+            b.put_u8(0);
+            b.put_slice(sql.as_bytes());
+            b.put_u8(0);
+            b.put_slice(types);
+        });
+        out.to_vec()
     }
 
     /// Closes the scratch statement, which a duplicate check may have left.
@@ -1449,9 +1491,10 @@ impl<'a> TxnSession<'a> {
         self.portal_changes.push((portal, change));
     }
 
-    /// Execute of a portal whose statement changes settings: the change is queued, to stick
-    /// if the transaction commits. `cin` holds the whole message. True when the client's next
-    /// messages wait for this one's reply (DISCARD ALL).
+    /// Execute of a portal whose statement changes settings (queued, to stick if the
+    /// transaction commits) or deallocates client statements (gone now: DEALLOCATE is not
+    /// transactional). `cin` holds the whole message. True when the client's next messages wait
+    /// for this one's reply (DISCARD ALL).
     #[cold]
     fn execute_portal(&mut self, len: usize) -> bool {
         let portal = prepared::cstr(&self.cin[5..len + 1]).map_or(&[][..], |(n, _)| n);
@@ -1461,7 +1504,13 @@ impl<'a> TxnSession<'a> {
             .find(|(name, _)| **name == *portal)
             .map(|(_, change)| change.clone());
         if let Some(change) = change {
-            self.track(change.class.clone(), &change.text);
+            match &change.class {
+                Classified::Deallocate(Some(name)) => {
+                    self.statements.remove(name.as_bytes());
+                }
+                Classified::Deallocate(None) => self.statements.clear(),
+                class => self.track(class.clone(), &change.text),
+            }
         }
         self.barrier == Barrier::Drained
     }

@@ -1,6 +1,6 @@
 //! Prepared statements across schema changes in transaction mode: a client that prepares after a
 //! migration gets the statement as the schema is now, never a backend copy prepared before it,
-//! as on a direct connection.
+//! as on a direct connection; and DEALLOCATE, as drivers send it after DDL, in both protocols.
 
 use crate::support::*;
 
@@ -68,5 +68,125 @@ async fn a_statement_prepared_again_after_ddl_and_deallocate_all_works() {
         other.batch_execute("COMMIT").await.expect("release");
         assert_eq!(prepared_columns(&c, sql).await, ["a", "b"]);
     }
+    proxy.shutdown().await;
+}
+
+/// Parse, Bind, Describe, Execute and Sync of `sql` as the unnamed statement, as drivers send a
+/// statement without parameters by the extended protocol.
+fn run_unnamed(sql: &str) -> bytes::BytesMut {
+    use postgres_protocol::message::frontend;
+    let mut out = bytes::BytesMut::new();
+    frontend::parse("", sql, std::iter::empty(), &mut out).expect("parse");
+    bind_unnamed_portal("", &mut out);
+    frontend::describe(b'P', "", &mut out).expect("describe");
+    frontend::execute("", 0, &mut out).expect("execute");
+    frontend::sync(&mut out);
+    out
+}
+
+/// Parse of a named statement, then Sync.
+fn prepare_named(name: &str, sql: &str) -> bytes::BytesMut {
+    use postgres_protocol::message::frontend;
+    let mut out = bytes::BytesMut::new();
+    frontend::parse(name, sql, std::iter::empty(), &mut out).expect("parse");
+    frontend::sync(&mut out);
+    out
+}
+
+/// Bind and Execute of statement `name`, then Sync.
+fn run_named(name: &str) -> bytes::BytesMut {
+    use postgres_protocol::message::frontend;
+    let mut out = bytes::BytesMut::new();
+    bind_unnamed_portal(name, &mut out);
+    frontend::execute("", 0, &mut out).expect("execute");
+    frontend::sync(&mut out);
+    out
+}
+
+/// The command tags and error SQLSTATEs of the replies up to ReadyForQuery.
+async fn outcome(c: &mut RawClient, sent: &[u8]) -> (Vec<String>, Vec<String>) {
+    c.send(sent).await;
+    let (mut tags, mut codes) = (Vec::new(), Vec::new());
+    loop {
+        let (tag, body) = c.read().await;
+        match tag {
+            b'C' => tags.push(String::from_utf8_lossy(&body[..body.len() - 1]).into_owned()),
+            b'E' => {
+                let (code, _) = pgtenant::protocol::messages::error_fields(&body);
+                codes.push(code.unwrap_or("").to_owned());
+            }
+            b'Z' => return (tags, codes),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deallocate_by_the_extended_protocol_forgets_the_clients_statement() {
+    let (proxy, slug) = txn_proxy("", "pool_size = 1").await;
+    let mut c = RawClient::login(proxy.addrs[0], "app", &slug).await;
+    let none: Vec<String> = Vec::new();
+    assert_eq!(
+        outcome(&mut c, &prepare_named("S_1", "SELECT 1")).await,
+        (vec![], none.clone())
+    );
+    assert_eq!(
+        outcome(&mut c, &run_named("S_1")).await,
+        (vec!["SELECT 1".into()], none.clone())
+    );
+    // As psycopg sends it: DEALLOCATE by the extended protocol, unnamed.
+    assert_eq!(
+        outcome(&mut c, &run_unnamed("DEALLOCATE S_1")).await,
+        (vec!["DEALLOCATE".into()], none.clone())
+    );
+    assert_eq!(
+        outcome(&mut c, &run_named("S_1")).await,
+        (vec![], vec!["26000".into()])
+    );
+    assert_eq!(
+        outcome(&mut c, &run_unnamed("DEALLOCATE S_1")).await,
+        (vec![], vec!["26000".into()]),
+        "gone already, as on Postgres"
+    );
+    // The name is free again, and DEALLOCATE ALL frees every name.
+    for name in ["S_1", "S_2"] {
+        assert_eq!(
+            outcome(&mut c, &prepare_named(name, "SELECT 2")).await,
+            (vec![], none.clone())
+        );
+    }
+    assert_eq!(
+        outcome(&mut c, &run_unnamed("DEALLOCATE ALL")).await,
+        (vec!["DEALLOCATE ALL".into()], none.clone())
+    );
+    for name in ["S_1", "S_2"] {
+        assert_eq!(
+            outcome(&mut c, &run_named(name)).await,
+            (vec![], vec!["26000".into()])
+        );
+        assert_eq!(
+            outcome(&mut c, &prepare_named(name, "SELECT 3")).await,
+            (vec![], none.clone())
+        );
+        assert_eq!(
+            outcome(&mut c, &run_named(name)).await,
+            (vec!["SELECT 1".into()], none.clone())
+        );
+    }
+    // A statement parsed but never run deallocates nothing.
+    let mut parse_only = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::parse(
+        "",
+        "DEALLOCATE S_1",
+        std::iter::empty(),
+        &mut parse_only,
+    )
+    .expect("parse");
+    postgres_protocol::message::frontend::sync(&mut parse_only);
+    assert_eq!(outcome(&mut c, &parse_only).await, (vec![], none.clone()));
+    assert_eq!(
+        outcome(&mut c, &run_named("S_1")).await,
+        (vec!["SELECT 1".into()], none)
+    );
     proxy.shutdown().await;
 }

@@ -279,6 +279,9 @@ pub struct PoolDefaults {
     /// Transaction mode: prepared statements kept per backend connection (least recently used
     /// are closed beyond it).
     pub prepared_statements_per_connection: u32,
+    /// A backend that owes replies and sends nothing for this long is closed and its client
+    /// told (08006); 0 turns it off. A statement silent for longer before its first row ends too.
+    pub reply_timeout_ms: u64,
 }
 
 impl Default for PoolDefaults {
@@ -296,6 +299,7 @@ impl Default for PoolDefaults {
             server_max_connections: 90,
             session_state: SessionStatePolicy::Pin,
             prepared_statements_per_connection: 250,
+            reply_timeout_ms: 0,
         }
     }
 }
@@ -537,6 +541,7 @@ impl Config {
                 "pool.prepared_statements_per_connection",
                 p.prepared_statements_per_connection.to_string(),
             ),
+            ("pool.reply_timeout_ms", p.reply_timeout_ms.to_string()),
             (
                 "catalog",
                 match &self.catalog {

@@ -215,6 +215,17 @@ impl ClientError {
         )
     }
 
+    /// The tenant's server owed replies and sent nothing for `[pool] reply_timeout_ms`.
+    pub fn server_silent(tenant: &str, limit_ms: u64) -> Self {
+        Self::fatal(
+            sqlstate::CONNECTION_FAILURE,
+            format!(
+                "the server of tenant \"{tenant}\" sent nothing for {limit_ms} ms while a reply was due; the connection was closed"
+            ),
+        )
+        .with_hint("The server or the network to it may be hung; see [pool] reply_timeout_ms.")
+    }
+
     /// Transaction mode refuses a statement whose state could not follow the client.
     pub fn session_state_refused(what: &str) -> Self {
         Self::error(

@@ -6,6 +6,7 @@ pub mod hangup;
 pub mod params;
 pub mod prepared;
 pub mod relay;
+pub mod silence;
 pub mod sockio;
 pub mod spare;
 pub mod state;
@@ -100,6 +101,7 @@ pub async fn serve<C: AsyncRead + AsyncWrite + RelayIo + Unpin>(
             opened.guard.pool().stats.clone(),
             Duration::from_millis(shared.config().proxy.pause_timeout_ms),
         )
+        .with_reply_timeout(opened.guard.pool().settings.reply_timeout)
         .run(client, &mut opened.guard.conn().stream, &mut link)
         .await;
     log.scope(close(shared, client, opened, end, link)).await
@@ -279,6 +281,15 @@ async fn close<C: AsyncWrite + Unpin>(
             }
             let e = ClientError::tenant_paused(&tenant.slug, waited.as_millis() as u64);
             refuse(client, e).await
+        }
+        RelayEnd::ServerSilent(limit) => {
+            // The guard is dropped, so the connection closed: it is owed replies.
+            let ms = limit.as_millis() as u64;
+            tracing::warn!(
+                limit_ms = ms,
+                "backend silent while replies were due: closed"
+            );
+            refuse(client, ClientError::server_silent(&tenant.slug, ms)).await
         }
         RelayEnd::ClientProtocol(e) => refuse(client, ClientError::protocol(e.to_string())).await,
         RelayEnd::ServerProtocol(e) => {

@@ -14,6 +14,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::hangup::HangupWatch;
+use super::silence::SilenceWatch;
 use super::sockio::RelayIo;
 use super::state::LinkState;
 use crate::pool::{Gate, KickSwitch};
@@ -48,6 +49,8 @@ pub enum RelayEnd {
     /// A PAUSE held the client's next transaction longer than it may wait; nothing of it was
     /// sent to the backend.
     PausedTooLong(Duration),
+    /// The backend owed replies and sent nothing for this long (`[pool] reply_timeout_ms`).
+    ServerSilent(Duration),
 }
 
 /// One direction: bytes read from one side, waiting to be written to the other.
@@ -115,6 +118,8 @@ pub struct Relay {
     held: Option<crate::pool::pause::Hold>,
     /// Checks whether a client that is not read (see `held_back` in `poll_relay`) has left.
     hangup: HangupWatch,
+    /// Ends the relay when the backend owes replies and stays silent too long.
+    silence: SilenceWatch,
 }
 
 impl Default for Relay {
@@ -135,6 +140,7 @@ impl Relay {
             pause_limit: Duration::ZERO,
             held: None,
             hangup: HangupWatch::default(),
+            silence: SilenceWatch::new(None),
         }
     }
 
@@ -149,6 +155,12 @@ impl Relay {
     ) -> Self {
         self.accounting = Some((kick, stats));
         self.pause_limit = pause_limit;
+        self
+    }
+
+    /// Ends the relay when the backend owes replies and sends nothing for `limit`.
+    pub fn with_reply_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.silence = SilenceWatch::new(limit);
         self
     }
 
@@ -261,7 +273,10 @@ impl Relay {
                 match write_pending(cx, server, &mut self.to_server) {
                     WriteOutcome::Idle => {}
                     WriteOutcome::Blocked => waiting.server_write = true,
-                    WriteOutcome::Wrote => progress = true,
+                    WriteOutcome::Wrote => {
+                        self.silence.exchanged();
+                        progress = true;
+                    }
                     WriteOutcome::Gone => return Poll::Ready(RelayEnd::ServerGone),
                 }
             }
@@ -303,6 +318,7 @@ impl Relay {
                     ReadOutcome::Closed => return Poll::Ready(RelayEnd::ServerGone),
                     ReadOutcome::Read(n) => {
                         progress = true;
+                        self.silence.exchanged();
                         self.counts.bytes_out += n as u64;
                         let accounting = self.accounting.as_ref();
                         let counts = &mut self.counts;
@@ -332,6 +348,11 @@ impl Relay {
             if !progress {
                 if held_back && self.hangup.poll_gone(cx, || client.hung_up()) {
                     return Poll::Ready(RelayEnd::ClientLeft);
+                }
+                if matches!(link, LinkState::Busy { .. })
+                    && let Some(limit) = self.silence.poll_silent(cx)
+                {
+                    return Poll::Ready(RelayEnd::ServerSilent(limit));
                 }
                 return Poll::Pending;
             }

@@ -23,6 +23,7 @@ use super::cancel::CancelKey;
 use super::hangup::HangupWatch;
 use super::prepared::{self, ClientStatements, MAX_STATEMENTS_PER_CLIENT, Statement};
 use super::relay::{Passes, Waiting};
+use super::silence::SilenceWatch;
 use super::sockio::{ReadArm, RelayIo};
 use super::spare;
 use super::tracking::{
@@ -299,6 +300,8 @@ pub struct TxnSession<'a> {
     client_done: bool,
     /// Checks whether a client that is held back (see `client_held_back`) has left.
     hangup: HangupWatch,
+    /// Closes a backend that owes replies and stays silent too long.
+    silence: SilenceWatch,
 }
 
 impl Drop for TxnSession<'_> {
@@ -322,6 +325,7 @@ impl<'a> TxnSession<'a> {
         early: BytesMut,
     ) -> Self {
         let policy = pool.settings.session_state;
+        let reply_timeout = pool.settings.reply_timeout;
         let stats = pool.stats.clone();
         TxnSession {
             stats,
@@ -367,6 +371,7 @@ impl<'a> TxnSession<'a> {
             poisoned: false,
             client_done: false,
             hangup: HangupWatch::default(),
+            silence: SilenceWatch::new(reply_timeout),
         }
     }
 
@@ -497,6 +502,7 @@ impl<'a> TxnSession<'a> {
                             break;
                         }
                         Poll::Ready(Ok(n)) if n > 0 => {
+                            self.silence.exchanged();
                             self.sout.advance(n);
                             if self.sout.is_empty() {
                                 rewind(&mut self.sout);
@@ -524,6 +530,7 @@ impl<'a> TxnSession<'a> {
                         return Poll::Ready(self.server_gone());
                     }
                     Poll::Ready(Ok(n)) => {
+                        self.silence.exchanged();
                         self.counts.bytes_out += n as u64;
                         progress = true;
                     }
@@ -585,6 +592,18 @@ impl<'a> TxnSession<'a> {
                     && self.hangup.poll_gone(cx, || client.hung_up())
                 {
                     return Poll::Ready(TxnEnd::ClientLeft);
+                }
+                if self.backend.is_some()
+                    && !self.expect.is_empty()
+                    && let Some(limit) = self.silence.poll_silent(cx)
+                {
+                    self.poisoned = true;
+                    let ms = limit.as_millis() as u64;
+                    tracing::warn!(tenant = %self.pool.tenant, limit_ms = ms, "backend silent while replies were due: closed");
+                    return Poll::Ready(TxnEnd::Refused(ClientError::server_silent(
+                        &self.pool.tenant,
+                        ms,
+                    )));
                 }
                 return Poll::Pending;
             }

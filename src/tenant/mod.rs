@@ -114,6 +114,8 @@ pub struct PoolSettings {
     pub session_state: SessionStatePolicy,
     /// Transaction mode: prepared statements kept per backend connection.
     pub prepared_statements_per_connection: u32,
+    /// A backend owing replies and silent this long is closed (see [`crate::session::silence`]).
+    pub reply_timeout: Option<Duration>,
 }
 
 /// One tenant as the proxy routes it.

@@ -148,6 +148,7 @@ fn build_tenant(
                 .max(1),
             session_state: d.session_state,
             prepared_statements_per_connection: d.prepared_statements_per_connection.max(1),
+            reply_timeout: (d.reply_timeout_ms > 0).then(|| ms(d.reply_timeout_ms)),
         },
         users,
     })

@@ -1,5 +1,7 @@
 //! The Postgres catalog: live changes by LISTEN/NOTIFY, and serving through a catalog outage.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::support::*;
@@ -137,7 +139,7 @@ async fn paused_tenant_clients_wait_and_proceed_on_resume() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn known_tenants_keep_working_while_the_catalog_is_down_and_it_reconnects() {
+async fn known_tenants_keep_working_while_the_catalog_restarts_under_logins() {
     let bed = bed();
     // A catalog cluster of this test's own, since it gets stopped.
     let (mut own, cat_server) = own_server("own_catalog").await;
@@ -152,6 +154,25 @@ async fn known_tenants_keep_working_while_the_catalog_is_down_and_it_reconnects(
     let addr = proxy.addrs[0];
     assert!(routes_to(addr, &slug, &slug).await);
 
+    // Clients log in the whole time the catalog goes down and comes back.
+    let stop = Arc::new(AtomicBool::new(false));
+    let logins = tokio::spawn({
+        let (stop, slug) = (stop.clone(), slug.clone());
+        async move {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let login =
+                    tokio::time::timeout(Duration::from_secs(10), connect(addr, "app", &slug));
+                match login.await {
+                    Ok(Ok(c)) if whoami(&c).await == slug => ok += 1,
+                    Ok(Ok(_)) => failed.push("routed elsewhere".to_owned()),
+                    Ok(Err(e)) => failed.push(e.to_string()),
+                    Err(_) => failed.push("login hung".to_owned()),
+                }
+            }
+            (ok, failed)
+        }
+    });
     own = stop_own(own).await;
     // Give the proxy time to notice and fail a reconnect or two.
     assert!(
@@ -169,6 +190,10 @@ async fn known_tenants_keep_working_while_the_catalog_is_down_and_it_reconnects(
     }
 
     own = restart_own(own).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = logins.await.expect("logins");
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(ok > 0);
     let slug2 = unique("after");
     create_tenant_db(&bed.a, &slug2).await;
     let cat = connect_url(&url).await.expect("catalog back");

@@ -579,3 +579,26 @@ async fn names_a_client_sends_cannot_forge_plain_log_lines() {
         assert!(!line.contains('\x1b'), "raw escape: {line:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stderr_changes_nothing_for_clients() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut child, slug, addr, _) = serve_piped(dir.path(), "").await;
+    // Every log line from here on fails to be written (EPIPE).
+    drop(child.stderr.take());
+    for _ in 0..20 {
+        let c = connect(addr, "app", &slug).await.expect("login");
+        assert_eq!(whoami(&c).await, slug);
+    }
+    let bad_protocol = [0, 0, 0, 8, 0x12, 0x34, 0x56, 0x78];
+    assert!(
+        refused(addr, &bad_protocol).await,
+        "warnings are written too"
+    );
+    sigterm(&child, libc::SIGTERM);
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(20)))
+            .await
+            .expect("wait");
+    assert!(status.success(), "{status:?}");
+}

@@ -11,6 +11,7 @@ mod catalog;
 mod cli;
 mod clients;
 mod drivers;
+mod faults;
 mod hostile;
 mod large_messages;
 mod lifecycle;

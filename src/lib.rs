@@ -15,6 +15,7 @@
 //! Module map (one responsibility each):
 //! - [`config`]: the TOML file, its defaults and validation.
 //! - [`error`]: client-facing errors with their SQLSTATE; internals stay in logs.
+//! - [`fuzzing`]: the fuzz targets' entry points, one per parser of outside bytes.
 //! - [`protocol`]: I/O-free wire pieces: startup parsing, frame scanning, message builders.
 //! - [`handshake`]: the pre-authentication leg of a client connection.
 //! - [`auth`]: SCRAM-SHA-256 / md5 / trust for clients, and the proxy's own backend login.
@@ -54,6 +55,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod fuzzing;
 pub mod handshake;
 pub mod localpg;
 pub mod logging;

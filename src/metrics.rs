@@ -54,16 +54,10 @@ async fn answer(shared: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
         }
         head.extend_from_slice(&chunk[..n]);
     }
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let mut parts = line.split(|&b| b == b' ');
-    let (method, path) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-    );
-    let (status, body) = match (method, path) {
-        (b"GET", b"/metrics") => ("200 OK", render(shared)),
-        (b"GET", _) => ("404 Not Found", "not found; try /metrics\n".to_owned()),
-        _ => ("405 Method Not Allowed", "GET only\n".to_owned()),
+    let (status, body) = match route(&head) {
+        Route::Metrics => ("200 OK", render(shared)),
+        Route::NotFound => ("404 Not Found", "not found; try /metrics\n".to_owned()),
+        Route::NotGet => ("405 Method Not Allowed", "GET only\n".to_owned()),
     };
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -71,6 +65,28 @@ async fn answer(shared: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// What a request asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /metrics`.
+    Metrics,
+    /// A GET of anything else.
+    NotFound,
+    /// Another method.
+    NotGet,
+}
+
+/// Reads the request line of `head` (the bytes up to the blank line).
+pub fn route(head: &[u8]) -> Route {
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|&b| b == b' ');
+    match (parts.next(), parts.next()) {
+        (Some(b"GET"), Some(b"/metrics")) => Route::Metrics,
+        (Some(b"GET"), _) => Route::NotFound,
+        _ => Route::NotGet,
+    }
 }
 
 /// Writes one metric family: its HELP and TYPE lines, then each sample.

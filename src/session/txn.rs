@@ -40,10 +40,10 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// Unwritten output beyond which the side producing it is not read.
 const HIGH_WATER: usize = 64 * 1024;
-/// Client input kept in a buffer this large, or larger once a long message went through, is
-/// moved to a fresh buffer of ordinary size when little of it is left: a 1 GiB statement leaves
-/// no 1 GiB buffer behind it.
-const MAX_IDLE_INPUT_CAPACITY: usize = 256 * 1024;
+/// A buffer that a long message made larger than this goes back to ordinary size once it is
+/// empty (client input: once little of it is left): a 1 GiB statement leaves no 1 GiB buffer
+/// behind it.
+const MAX_IDLE_CAPACITY: usize = 256 * 1024;
 /// Longest statement text remembered as plain (see `TxnSession::classify_parse`).
 const MAX_REMEMBERED_SQL: usize = 4096;
 
@@ -775,7 +775,7 @@ impl<'a> TxnSession<'a> {
         }
         let moved = self.client_messages();
         rewind(&mut self.cin);
-        if self.cin.capacity() > MAX_IDLE_INPUT_CAPACITY && self.cin_whole == 0 {
+        if self.cin.capacity() > MAX_IDLE_CAPACITY && self.cin_whole == 0 {
             self.shrink_input();
         }
         moved
@@ -1996,7 +1996,16 @@ fn rewind(buf: &mut BytesMut) {
     if buf.is_empty() {
         // Room for one more byte than it has: found only by moving back, never by allocating.
         let _ = buf.try_reclaim(buf.capacity() + 1);
+        if buf.capacity() > MAX_IDLE_CAPACITY {
+            release(buf);
+        }
     }
+}
+
+/// Swaps an emptied buffer that a long message made large for one of ordinary size.
+#[cold]
+fn release(buf: &mut BytesMut) {
+    *buf = spare::take(READ_CHUNK);
 }
 
 /// Length of the whole `tag` messages at the front of `buf`, stopping once `room` bytes are
@@ -2019,7 +2028,7 @@ fn complete_run(buf: &[u8], tag: u8, room: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::{complete_run, rewind};
+    use super::{MAX_IDLE_CAPACITY, complete_run, rewind};
     use bytes::{Buf, BufMut, BytesMut};
 
     fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -2083,5 +2092,18 @@ mod tests {
             (start, 1024),
             "already there"
         );
+    }
+
+    #[test]
+    fn an_emptied_buffer_a_long_message_made_large_goes_back_to_ordinary_size() {
+        let mut buf = BytesMut::with_capacity(16);
+        buf.put_slice(&vec![7; 4 * MAX_IDLE_CAPACITY]);
+        buf.advance(MAX_IDLE_CAPACITY);
+        rewind(&mut buf);
+        assert!(buf.capacity() > MAX_IDLE_CAPACITY, "bytes left: kept");
+        buf.advance(3 * MAX_IDLE_CAPACITY);
+        rewind(&mut buf);
+        assert!(buf.is_empty());
+        assert!(buf.capacity() <= MAX_IDLE_CAPACITY, "{}", buf.capacity());
     }
 }

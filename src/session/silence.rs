@@ -35,6 +35,12 @@ impl SilenceWatch {
         }
     }
 
+    /// A limit is set.
+    #[inline(always)]
+    pub fn is_on(&self) -> bool {
+        self.limit.is_some()
+    }
+
     /// Bytes went to or came from the backend.
     #[inline(always)]
     pub fn exchanged(&mut self) {

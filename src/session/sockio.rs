@@ -6,7 +6,7 @@
 //! that reads the same socket on every wake-up keeps a [`ReadArm`], so that the waker is stored
 //! once per wake-up, not once per look. TLS streams go through tokio's traits as before.
 
-use std::io::{self, Read};
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -79,8 +79,9 @@ fn waker_identity(cx: &Context<'_>) -> (usize, usize) {
 impl RelayIo for TcpStream {
     fn poll_read_into(&mut self, cx: &mut Context<'_>, into: &mut [u8]) -> Poll<io::Result<usize>> {
         let room = into.len();
-        recv_when_ready(self, cx, room, &mut ReadArm::default(), |mut sock| {
-            sock.read(into)
+        let at = into.as_mut_ptr();
+        recv_when_ready(self, cx, room, &mut ReadArm::default(), |sock| {
+            recv(sock, at, room)
         })
     }
 
@@ -93,7 +94,10 @@ impl RelayIo for TcpStream {
         let start = into.len();
         let spare = into.spare_capacity_mut();
         let room = spare.len();
-        let n = ready!(recv_when_ready(self, cx, room, arm, |sock| sock.recv(spare)))?;
+        let at = spare.as_mut_ptr().cast::<u8>();
+        let n = ready!(recv_when_ready(self, cx, room, arm, |sock| recv(
+            sock, at, room
+        )))?;
         // SAFETY: recv wrote the first `n` bytes of the spare capacity.
         unsafe { into.set_len(start + n) };
         Poll::Ready(Ok(n))
@@ -106,7 +110,7 @@ impl RelayIo for TcpStream {
     fn poll_send(&mut self, cx: &mut Context<'_>, out: &[u8]) -> Poll<io::Result<usize>> {
         loop {
             let sock = SockRef::from(&*self);
-            match self.try_io(Interest::WRITABLE, || sock.send(out)) {
+            match self.try_io(Interest::WRITABLE, || send(&sock, out)) {
                 Ok(n) => return Poll::Ready(Ok(n)),
                 Err(e) => match e.kind() {
                     io::ErrorKind::WouldBlock => ready!(self.poll_write_ready(cx))?,
@@ -178,6 +182,48 @@ fn recv_when_ready(
             },
         };
     }
+}
+
+/// recv(2) into `len` bytes at `at`, as a plain system call. glibc's `recv` and `send` are
+/// cancellation points: in a process with more than one thread (a runtime with several workers,
+/// or the log writer's thread) each call brackets the system call with the bookkeeping of
+/// asynchronous cancellation, which Rust never uses (about 60 instructions a call, a few calls a
+/// transaction; benches/README.md).
+fn recv(sock: &Socket, at: *mut u8, len: usize) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `at` is valid for writes of `len` bytes (the caller's spare room), the socket is
+    // open while borrowed, and the kernel writes at most `len` bytes there.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_recvfrom,
+            sock.as_raw_fd(),
+            at,
+            len,
+            0,
+            std::ptr::null_mut::<libc::sockaddr>(),
+            std::ptr::null_mut::<libc::socklen_t>(),
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// send(2) of `out` as a plain system call (see [`recv`]); a closed peer is an error, never a
+/// SIGPIPE.
+fn send(sock: &Socket, out: &[u8]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `out` is valid for reads of its length, the socket is open while borrowed.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_sendto,
+            sock.as_raw_fd(),
+            out.as_ptr(),
+            out.len(),
+            libc::MSG_NOSIGNAL,
+            std::ptr::null::<libc::sockaddr>(),
+            0 as libc::socklen_t,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 /// Streams that are not plain sockets (TLS; in-memory pipes in tests): through tokio's traits.

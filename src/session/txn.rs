@@ -587,23 +587,15 @@ impl<'a> TxnSession<'a> {
                 return Poll::Ready(TxnEnd::ClientLeft);
             }
             if !progress {
-                if !self.client_done
-                    && self.client_held_back()
-                    && self.hangup.poll_gone(cx, || client.hung_up())
+                // About to wait: watch a client the relay does not read, and a backend that owes
+                // replies, if a reply timeout is set. Both are rare; their work is out of line.
+                let held_back = !self.client_done && self.client_held_back();
+                let owed =
+                    self.silence.is_on() && self.backend.is_some() && !self.expect.is_empty();
+                if (held_back || owed)
+                    && let Some(end) = self.watch_while_waiting(cx, client, held_back, owed)
                 {
-                    return Poll::Ready(TxnEnd::ClientLeft);
-                }
-                if self.backend.is_some()
-                    && !self.expect.is_empty()
-                    && let Some(limit) = self.silence.poll_silent(cx)
-                {
-                    self.poisoned = true;
-                    let ms = limit.as_millis() as u64;
-                    tracing::warn!(tenant = %self.pool.tenant, limit_ms = ms, "backend silent while replies were due: closed");
-                    return Poll::Ready(TxnEnd::Refused(ClientError::server_silent(
-                        &self.pool.tenant,
-                        ms,
-                    )));
+                    return Poll::Ready(end);
                 }
                 return Poll::Pending;
             }
@@ -611,6 +603,33 @@ impl<'a> TxnSession<'a> {
                 return Poll::Pending;
             }
         }
+    }
+
+    /// While the relay waits: a held-back client that hung up ends the session, and so does a
+    /// backend owing replies that has been silent for the reply timeout.
+    #[cold]
+    fn watch_while_waiting<C: RelayIo>(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &C,
+        held_back: bool,
+        owed: bool,
+    ) -> Option<TxnEnd> {
+        if held_back && self.hangup.poll_gone(cx, || client.hung_up()) {
+            return Some(TxnEnd::ClientLeft);
+        }
+        let limit = if owed {
+            self.silence.poll_silent(cx)?
+        } else {
+            return None;
+        };
+        self.poisoned = true;
+        let ms = limit.as_millis() as u64;
+        tracing::warn!(tenant = %self.pool.tenant, limit_ms = ms, "backend silent while replies were due: closed");
+        Some(TxnEnd::Refused(ClientError::server_silent(
+            &self.pool.tenant,
+            ms,
+        )))
     }
 
     /// The client is not read: what it sent waits for the backend to take what went before

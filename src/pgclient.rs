@@ -201,9 +201,13 @@ pub async fn connect(
         let attempt = async {
             let stream: Box<dyn PgIo> = match host {
                 Host::Tcp(name) => {
-                    let tcp = tokio::net::TcpStream::connect((name.as_str(), port))
-                        .await
-                        .map_err(|e| ConnectError::Io(host_label(host, port), e))?;
+                    // `hostaddr` names the address to connect to; `host` stays the name the
+                    // certificate is checked against.
+                    let tcp = match config.get_hostaddrs().get(i) {
+                        Some(ip) => tokio::net::TcpStream::connect((*ip, port)).await,
+                        None => tokio::net::TcpStream::connect((name.as_str(), port)).await,
+                    }
+                    .map_err(|e| ConnectError::Io(host_label(host, port), e))?;
                     let _ = tcp.set_nodelay(true);
                     Box::new(backend_tls::negotiate(tcp, name, tls).await?)
                 }

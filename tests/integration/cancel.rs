@@ -22,18 +22,14 @@ async fn sleeping(db: &str, query: &str) -> bool {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_with_the_proxy_key_stops_the_query_and_a_wrong_key_does_nothing() {
-    let (proxy, slug) = single_tenant_proxy("scram-sha-256", "", "").await;
-    let addr = proxy.addrs[0];
-
-    // tokio-postgres cancels with the BackendKeyData it got from the proxy.
-    let c = connect(addr, "app", &slug).await.expect("connects");
+/// Runs a long query on `c` (a client of tenant `slug`), cancels it with the key the proxy
+/// gave, and checks it ends with 57014; the client is dropped.
+async fn cancel_a_long_query(c: tokio_postgres::Client, slug: &str) {
     let token = c.cancel_token();
     let running =
         tokio::spawn(async move { c.query("SELECT pg_sleep(30)", &[]).await.map(|_| ()) });
     assert!(
-        sleeping(&slug, "SELECT pg_sleep(30)").await,
+        sleeping(slug, "SELECT pg_sleep(30)").await,
         "the query started"
     );
     token
@@ -46,6 +42,16 @@ async fn cancel_with_the_proxy_key_stops_the_query_and_a_wrong_key_does_nothing(
         .expect("task")
         .expect_err("query was cancelled");
     assert_eq!(sqlstate(&e), "57014");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_with_the_proxy_key_stops_the_query_and_a_wrong_key_does_nothing() {
+    let (proxy, slug) = single_tenant_proxy("scram-sha-256", "", "").await;
+    let addr = proxy.addrs[0];
+
+    // tokio-postgres cancels with the BackendKeyData it got from the proxy.
+    let c = connect(addr, "app", &slug).await.expect("connects");
+    cancel_a_long_query(c, &slug).await;
 
     // A wrong secret for a real key, and an unknown key: the query keeps running.
     let mut raw = RawClient::login(addr, "app", &slug).await;
@@ -104,19 +110,7 @@ async fn a_session_mode_connection_sent_a_cancel_is_closed_not_pooled() {
     let addr = proxy.addrs[0];
     let c = connect(addr, "app", &slug).await.expect("connects");
     let cancelled_pid = backend_pid(&c).await;
-    let token = c.cancel_token();
-    let running = tokio::spawn(async move { c.query("SELECT pg_sleep(30)", &[]).await.map(|_| c) });
-    assert!(sleeping(&slug, "SELECT pg_sleep(30)").await);
-    token
-        .cancel_query(tokio_postgres::NoTls)
-        .await
-        .expect("cancel sent");
-    let e = tokio::time::timeout(Duration::from_secs(10), running)
-        .await
-        .expect("query ends soon after the cancel")
-        .expect("task")
-        .expect_err("query was cancelled");
-    assert_eq!(sqlstate(&e), "57014");
+    cancel_a_long_query(c, &slug).await;
     // The client left; a late signal could hit whoever got that connection next.
     let next = connect(addr, "app", &slug).await.expect("connects");
     assert_ne!(backend_pid(&next).await, cancelled_pid);

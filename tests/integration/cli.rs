@@ -240,7 +240,7 @@ async fn serve_exits_cleanly_on_console_shutdown() {
         ),
     )
     .expect("config");
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(&cfg)
         .stderr(Stdio::null())
@@ -257,11 +257,7 @@ async fn serve_exits_cleanly_on_console_shutdown() {
     }
     let admin = admin.expect("the console answers");
     admin.simple_query("SHUTDOWN").await.expect("shutdown");
-    let status =
-        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(20)))
-            .await
-            .expect("wait");
-    assert!(status.success(), "exit status {status:?}");
+    exits_cleanly(child).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,6 +430,15 @@ async fn serve_piped(
     (child, slug, addr, ([127, 0, 0, 1], metrics_port).into())
 }
 
+/// Waits (up to 20 s) for `child` to exit, and asserts it exited with success.
+async fn exits_cleanly(mut child: std::process::Child) {
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(20)))
+            .await
+            .expect("wait");
+    assert!(status.success(), "exit status {status:?}");
+}
+
 /// Stops `child` with SIGTERM and returns what it logged.
 async fn stop_and_read_log(mut child: std::process::Child) -> String {
     sigterm(&child, libc::SIGTERM);
@@ -543,11 +548,7 @@ async fn a_log_reader_that_stalls_drops_lines_and_never_stalls_clients() {
     );
     drop(c);
     sigterm(&child, libc::SIGTERM);
-    let status =
-        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(20)))
-            .await
-            .expect("wait");
-    assert!(status.success(), "{status:?}");
+    exits_cleanly(child).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -596,9 +597,5 @@ async fn a_closed_stderr_changes_nothing_for_clients() {
         "warnings are written too"
     );
     sigterm(&child, libc::SIGTERM);
-    let status =
-        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(20)))
-            .await
-            .expect("wait");
-    assert!(status.success(), "{status:?}");
+    exits_cleanly(child).await;
 }

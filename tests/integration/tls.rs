@@ -268,6 +268,17 @@ fn ca_and_cert(names: &[&str]) -> (String, String, String) {
     (ca.pem(), cert.pem(), key.serialize_pem())
 }
 
+/// A certificate and key for localhost, the CA file that signed it and another CA's file
+/// (written in `dir`).
+fn server_pki(dir: &Path) -> (String, String, PathBuf, PathBuf) {
+    let (ca, cert, key) = ca_and_cert(&["localhost"]);
+    let (other_ca, _, _) = ca_and_cert(&["localhost"]);
+    let (ca_file, other_ca_file) = (dir.join("ca.pem"), dir.join("other-ca.pem"));
+    std::fs::write(&ca_file, ca).expect("ca");
+    std::fs::write(&other_ca_file, other_ca).expect("other ca");
+    (cert, key, ca_file, other_ca_file)
+}
+
 /// What the backend says of the proxy's connection: is it TLS?
 async fn backend_uses_tls(c: &tokio_postgres::Client) -> bool {
     c.query_one(
@@ -284,11 +295,7 @@ async fn backend_tls_follows_each_servers_mode() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     // A server with TLS whose certificate names localhost only (no IP address).
-    let (ca, cert, key) = ca_and_cert(&["localhost"]);
-    let (other_ca, _, _) = ca_and_cert(&["localhost"]);
-    let (ca_file, other_ca_file) = (dir.join("ca.pem"), dir.join("other-ca.pem"));
-    std::fs::write(&ca_file, ca).expect("ca");
-    std::fs::write(&other_ca_file, other_ca).expect("other ca");
+    let (cert, key, ca_file, other_ca_file) = server_pki(dir);
     let (cluster, tls_pg) = own_server("tls_pg").await;
     cluster.enable_tls(&cert, &key).expect("tls on");
     let require_url = format!("{}?sslmode=require", tls_pg.superuser_url("postgres"));
@@ -449,22 +456,13 @@ async fn backend_tls_follows_each_servers_mode() {
     drop(cluster);
 }
 
-/// Whether the session of `c` is encrypted, as the server sees it.
-async fn session_uses_tls(c: &tokio_postgres::Client) -> bool {
-    backend_uses_tls(c).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_catalog_and_provisioning_connect_with_tls_as_told() {
     use crate::lifecycle::{fails, ok};
     use pgtenant::error::Secret;
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    let (ca, cert, key) = ca_and_cert(&["localhost"]);
-    let (other_ca, _, _) = ca_and_cert(&["localhost"]);
-    let (ca_file, other_ca_file) = (dir.join("ca.pem"), dir.join("other-ca.pem"));
-    std::fs::write(&ca_file, ca).expect("ca");
-    std::fs::write(&other_ca_file, other_ca).expect("other ca");
+    let (cert, key, ca_file, other_ca_file) = server_pki(dir);
     let (ca_path, other_path) = (ca_file.display(), other_ca_file.display());
     // A server holding the catalog that, once TLS is on, refuses every login without it.
     let (cluster, tls_pg) = own_server("tls_catalog").await;
@@ -521,6 +519,14 @@ async fn the_catalog_and_provisioning_connect_with_tls_as_told() {
             ),
             true,
         ),
+        // hostaddr: connect there, check the certificate against host.
+        (
+            format!(
+                "host=localhost hostaddr=127.0.0.1 port={port} user=postgres \
+                 password={PASSWORD} dbname={db} sslmode=verify-full sslrootcert={ca_path}"
+            ),
+            true,
+        ),
         (url("127.0.0.1", "?sslmode=disable"), false),
         // The certificate names localhost only.
         (
@@ -542,7 +548,7 @@ async fn the_catalog_and_provisioning_connect_with_tls_as_told() {
         match catalog(conninfo.clone()).await {
             Ok(c) => {
                 assert!(connects, "{conninfo} connected");
-                assert!(session_uses_tls(&c).await, "{conninfo}");
+                assert!(backend_uses_tls(&c).await, "{conninfo}");
             }
             Err(e) => {
                 assert!(!connects, "{conninfo}: {e}");

@@ -22,6 +22,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config_toml", config_toml),
     ("connection_string", connection_string),
     ("metrics_request", metrics_request),
+    ("admin_command", admin_command),
 ];
 
 /// A first packet (StartupMessage, SSLRequest, GSSENCRequest, CancelRequest): parsed or
@@ -114,6 +115,15 @@ pub fn config_toml(data: &[u8]) {
 pub fn connection_string(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = crate::pgclient::parse(text);
+    }
+}
+
+/// A simple query to the admin console: each `;`-separated command read.
+pub fn admin_command(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        for command in text.split(';') {
+            let _ = crate::admin::commands::parse(command.trim());
+        }
     }
 }
 

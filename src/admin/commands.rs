@@ -49,45 +49,118 @@ enum Outcome {
     Shutdown,
 }
 
-async fn one(shared: &Shared, command: &str, out: &mut BytesMut) -> Result<Outcome, ClientError> {
+/// A SHOW command's subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Show {
+    /// SHOW TENANTS.
+    Tenants,
+    /// SHOW POOLS.
+    Pools,
+    /// SHOW CLIENTS.
+    Clients,
+    /// SHOW SERVERS.
+    Servers,
+    /// SHOW CONFIG.
+    Config,
+    /// SHOW STATS.
+    Stats,
+    /// SHOW VERSION.
+    Version,
+}
+
+/// One console command as typed (keywords in any case; a tenant name as given).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// SHOW ….
+    Show(Show),
+    /// PAUSE [tenant].
+    Pause(Option<&'a str>),
+    /// RESUME [tenant].
+    Resume(Option<&'a str>),
+    /// KILL tenant.
+    Kill(&'a str),
+    /// RELOAD.
+    Reload,
+    /// DISABLE tenant.
+    Disable(&'a str),
+    /// ENABLE tenant.
+    Enable(&'a str),
+    /// SHUTDOWN.
+    Shutdown,
+}
+
+/// Reads one command; an unknown one is a syntax error whose hint lists the known ones.
+pub fn parse(command: &str) -> Result<Command<'_>, ClientError> {
     let words: Vec<&str> = command.split_whitespace().collect();
     let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
     let upper: Vec<&str> = upper.iter().map(String::as_str).collect();
-    match upper.as_slice() {
-        ["SHOW", "TENANTS"] => show_tenants(shared, out),
-        ["SHOW", "POOLS"] => show_pools(shared, out),
-        ["SHOW", "CLIENTS"] => show_clients(shared, out),
-        ["SHOW", "SERVERS"] => show_servers(shared, out),
-        ["SHOW", "CONFIG"] => show_config(shared, out),
-        ["SHOW", "STATS"] => show_stats(shared, out),
-        ["SHOW", "VERSION"] => result::write(
+    let show = |what| Ok(Command::Show(what));
+    match (upper.as_slice(), words.get(1).copied()) {
+        (["SHOW", "TENANTS"], _) => show(Show::Tenants),
+        (["SHOW", "POOLS"], _) => show(Show::Pools),
+        (["SHOW", "CLIENTS"], _) => show(Show::Clients),
+        (["SHOW", "SERVERS"], _) => show(Show::Servers),
+        (["SHOW", "CONFIG"], _) => show(Show::Config),
+        (["SHOW", "STATS"], _) => show(Show::Stats),
+        (["SHOW", "VERSION"], _) => show(Show::Version),
+        (["PAUSE"], _) => Ok(Command::Pause(None)),
+        (["PAUSE", _], tenant) => Ok(Command::Pause(tenant)),
+        (["RESUME"], _) => Ok(Command::Resume(None)),
+        (["RESUME", _], tenant) => Ok(Command::Resume(tenant)),
+        (["KILL", _], Some(tenant)) => Ok(Command::Kill(tenant)),
+        (["RELOAD"], _) => Ok(Command::Reload),
+        (["DISABLE", _], Some(tenant)) => Ok(Command::Disable(tenant)),
+        (["ENABLE", _], Some(tenant)) => Ok(Command::Enable(tenant)),
+        (["SHUTDOWN"], _) => Ok(Command::Shutdown),
+        _ => {
+            let mut e = ClientError::error(
+                sqlstate::SYNTAX_ERROR,
+                format!("unknown admin command \"{command}\""),
+            );
+            e.hint = Some(format!("The console knows: {KNOWN}."));
+            Err(e)
+        }
+    }
+}
+
+async fn one(shared: &Shared, command: &str, out: &mut BytesMut) -> Result<Outcome, ClientError> {
+    match parse(command)? {
+        Command::Show(Show::Tenants) => show_tenants(shared, out),
+        Command::Show(Show::Pools) => show_pools(shared, out),
+        Command::Show(Show::Clients) => show_clients(shared, out),
+        Command::Show(Show::Servers) => show_servers(shared, out),
+        Command::Show(Show::Config) => show_config(shared, out),
+        Command::Show(Show::Stats) => show_stats(shared, out),
+        Command::Show(Show::Version) => result::write(
             out,
             &["version"],
             &[vec![format!("pgtenant {}", env!("CARGO_PKG_VERSION"))]],
             "SHOW",
         ),
-        ["PAUSE"] => pause(shared, None, out).await?,
-        ["PAUSE", _] => pause(shared, Some(known_tenant(shared, words[1])?), out).await?,
-        ["RESUME"] => {
+        Command::Pause(None) => pause(shared, None, out).await?,
+        Command::Pause(Some(tenant)) => {
+            pause(shared, Some(known_tenant(shared, tenant)?), out).await?
+        }
+        Command::Resume(None) => {
             shared.pools.resume(None);
             tracing::info!("admin resumed every tenant");
             result::complete(out, "RESUME");
         }
-        ["RESUME", _] => {
-            let tenant = known_tenant(shared, words[1])?;
+        Command::Resume(Some(tenant)) => {
+            let tenant = known_tenant(shared, tenant)?;
             shared.pools.resume(Some(tenant));
             tracing::info!(tenant, "admin resumed the tenant");
             result::complete(out, "RESUME");
         }
-        ["KILL", _] => {
-            let tenant = known_tenant(shared, words[1])?;
+        Command::Kill(tenant) => {
+            let tenant = known_tenant(shared, tenant)?;
             let n = shared
                 .pools
                 .kick_tenant(tenant, &ClientError::killed_by_admin(tenant));
             tracing::info!(tenant, clients = n, "admin killed the tenant's clients");
             result::complete(out, "KILL");
         }
-        ["RELOAD"] => match crate::reload::reload(shared) {
+        Command::Reload => match crate::reload::reload(shared) {
             Ok(report) => {
                 let rows: Vec<Vec<String>> = report
                     .applied
@@ -109,27 +182,18 @@ async fn one(shared: &Shared, command: &str, out: &mut BytesMut) -> Result<Outco
                 ));
             }
         },
-        ["DISABLE", _] | ["ENABLE", _] => {
-            let status = if upper[0] == "DISABLE" {
-                "disabled"
-            } else {
-                "active"
-            };
-            set_status(shared, words[1], status).await?;
-            result::complete(out, upper[0]);
+        Command::Disable(tenant) => {
+            set_status(shared, tenant, "disabled").await?;
+            result::complete(out, "DISABLE");
         }
-        ["SHUTDOWN"] => {
+        Command::Enable(tenant) => {
+            set_status(shared, tenant, "active").await?;
+            result::complete(out, "ENABLE");
+        }
+        Command::Shutdown => {
             tracing::info!("admin asked for shutdown");
             result::complete(out, "SHUTDOWN");
             return Ok(Outcome::Shutdown);
-        }
-        _ => {
-            let mut e = ClientError::error(
-                sqlstate::SYNTAX_ERROR,
-                format!("unknown admin command \"{command}\""),
-            );
-            e.hint = Some(format!("The console knows: {KNOWN}."));
-            return Err(e);
         }
     }
     Ok(Outcome::Done)
@@ -451,4 +515,44 @@ fn show_config(shared: &Shared, out: &mut BytesMut) {
         .map(|(k, v)| vec![k, v])
         .collect();
     result::write(out, &["key", "value"], &rows, "SHOW");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_read_in_any_case_and_unknown_ones_say_what_is_known() {
+        let cases = [
+            ("show tenants", Command::Show(Show::Tenants)),
+            ("SHOW  Pools", Command::Show(Show::Pools)),
+            ("pause", Command::Pause(None)),
+            ("PAUSE Acme", Command::Pause(Some("Acme"))),
+            ("resume acme", Command::Resume(Some("acme"))),
+            ("kill acme", Command::Kill("acme")),
+            ("Disable acme", Command::Disable("acme")),
+            ("enable acme", Command::Enable("acme")),
+            ("reload", Command::Reload),
+            ("shutdown", Command::Shutdown),
+        ];
+        for (text, command) in cases {
+            assert_eq!(parse(text).expect(text), command, "{text}");
+        }
+        for text in [
+            "",
+            "kill",
+            "show",
+            "pause a b",
+            "drop tenant acme",
+            "SHOW\u{0}TENANTS",
+        ] {
+            let e = parse(text).expect_err(text);
+            assert_eq!(e.code, sqlstate::SYNTAX_ERROR, "{text}");
+            assert!(
+                e.hint
+                    .as_deref()
+                    .is_some_and(|h| h.contains("SHOW TENANTS"))
+            );
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //! speaks the simple query protocol and answers each command with an ordinary result set, so
 //! psql prints a table.
 
-mod commands;
+pub mod commands;
 mod result;
 
 use bytes::BytesMut;

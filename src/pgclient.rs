@@ -131,7 +131,9 @@ fn split_keyword_tls(
             raw.push('\'');
         } else {
             while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                // The escape stays in what is handed on; the value has the character alone.
                 let c = if c == '\\' {
+                    raw.push('\\');
                     chars.next().ok_or_else(bad)?
                 } else {
                     c
@@ -289,6 +291,9 @@ mod tests {
             assert_eq!(tls.ca_file.as_deref(), root, "{input}");
             parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
         }
+        // What is handed on reads back as the same password.
+        let (config, _) = parse("host=h password=a\\ b sslmode=require").expect("parse");
+        assert_eq!(config.get_password(), Some(&b"a b"[..]));
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub mod sqlstate {
     pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
     /// A limit of the proxy's was reached.
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+    /// invalid_sql_statement_name
+    pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
+    /// in_failed_sql_transaction
+    pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
     /// A wait the proxy gave up on (PAUSE that running transactions outlasted).
     pub const QUERY_CANCELED: &str = "57014";
 }
@@ -240,6 +244,22 @@ impl ClientError {
         Self::error(
             sqlstate::DUPLICATE_PREPARED_STATEMENT,
             format!("prepared statement \"{name}\" already exists"),
+        )
+    }
+
+    /// A client deallocated a prepared statement it does not have.
+    pub fn unknown_statement(name: &str) -> Self {
+        Self::error(
+            sqlstate::INVALID_SQL_STATEMENT_NAME,
+            format!("prepared statement \"{name}\" does not exist"),
+        )
+    }
+
+    /// A statement other than the end of a failed transaction, as Postgres refuses it.
+    pub fn failed_transaction() -> Self {
+        Self::error(
+            sqlstate::IN_FAILED_SQL_TRANSACTION,
+            "current transaction is aborted, commands ignored until end of transaction block",
         )
     }
 

@@ -82,6 +82,8 @@ pub struct BackendConn {
     pub statements: BackendStatements,
     /// Transaction mode: fingerprint of the client settings this connection carries.
     pub settings_fingerprint: u64,
+    /// Transaction mode: the session whose Parse made the unnamed statement (0: none known).
+    pub unnamed_owner: u64,
 }
 
 impl BackendConn {
@@ -129,6 +131,7 @@ impl BackendConn {
             probe_at: now,
             statements: BackendStatements::default(),
             settings_fingerprint: 0,
+            unnamed_owner: 0,
         }
     }
 

@@ -258,3 +258,147 @@ async fn random_pipelines_get_the_replies_postgres_gives() {
     }
     proxy.shutdown().await;
 }
+
+/// Who sends a step of [`compare_steps`].
+#[derive(Clone, Copy, PartialEq)]
+enum By {
+    /// The client of the step before.
+    Same,
+    /// A new client, which through a pool of one gets the connection the last one left.
+    New,
+    /// A new client that sends the step and leaves without a reply (mid-batch, say).
+    NewLeaving,
+}
+
+/// Runs `steps` on a direct connection and through the proxy; every step's replies must be
+/// the same.
+async fn compare_steps(steps: &[(By, BytesMut)]) {
+    let (proxy, slug) = txn_proxy("", "pool_size = 1").await;
+    let direct: SocketAddr = ([127, 0, 0, 1], bed().a.port).into();
+    let mut straight: Option<RawClient> = None;
+    let mut proxied: Option<RawClient> = None;
+    for (i, (by, bytes)) in steps.iter().enumerate() {
+        if *by != By::Same || straight.is_none() {
+            // The client before leaves as it is, mid-batch or not.
+            drop(straight.take());
+            drop(proxied.take());
+            straight = Some(RawClient::login(direct, SCRAM_ROLE, &slug).await);
+            proxied = Some(RawClient::login(proxy.addrs[0], "app", &slug).await);
+        }
+        let (Some(s), Some(p)) = (straight.as_mut(), proxied.as_mut()) else {
+            unreachable!("both logged in above");
+        };
+        if *by == By::NewLeaving {
+            // Bytes before the client's end of stream are read before it.
+            s.send(bytes).await;
+            p.send(bytes).await;
+            continue;
+        }
+        let want = replies(s, bytes).await;
+        let got = replies(p, bytes).await;
+        assert!(
+            want.is_ok() && want == got,
+            "step {i}: direct {want:?}, proxied {got:?}"
+        );
+    }
+    proxy.shutdown().await;
+}
+
+fn msgs(build: impl FnOnce(&mut BytesMut)) -> BytesMut {
+    let mut out = BytesMut::new();
+    build(&mut out);
+    out
+}
+
+fn parse(out: &mut BytesMut, name: &str, sql: &str) {
+    frontend::parse(name, sql, std::iter::empty(), out).expect("parse");
+}
+
+fn bind_execute(out: &mut BytesMut, statement: &str) {
+    bind_unnamed_portal(statement, out);
+    frontend::execute("", 0, out).expect("execute");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deallocate_follows_the_transaction_state_as_postgres_does() {
+    let q = |sql: &'static str| msgs(|b| frontend::query(sql, b).expect("query"));
+    compare_steps(&[
+        (
+            By::New,
+            msgs(|b| {
+                parse(b, "s1", "SELECT 1");
+                frontend::sync(b);
+            }),
+        ),
+        // Refused in a failed transaction, by name or ALL, and the statement stays.
+        (By::Same, q("BEGIN")),
+        (By::Same, q("SELECT 1 / 0")),
+        (By::Same, q("DEALLOCATE s1")),
+        (By::Same, q("DEALLOCATE ALL")),
+        (By::Same, q("ROLLBACK")),
+        (
+            By::Same,
+            msgs(|b| {
+                bind_execute(b, "s1");
+                frontend::sync(b);
+            }),
+        ),
+        // Inside a healthy transaction it goes; a second time it fails.
+        (By::Same, q("BEGIN")),
+        (By::Same, q("DEALLOCATE s1")),
+        (By::Same, q("DEALLOCATE s1")),
+        (By::Same, q("ROLLBACK")),
+        // A Parse of DEALLOCATE runs when executed: the statement prepared in between goes.
+        (
+            By::Same,
+            msgs(|b| {
+                parse(b, "", "DEALLOCATE s2");
+                parse(b, "s2", "SELECT 2");
+                bind_execute(b, "");
+                frontend::sync(b);
+                bind_execute(b, "s2");
+                frontend::sync(b);
+            }),
+        ),
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_never_runs_another_clients_unnamed_statement_or_portal() {
+    compare_steps(&[
+        (
+            By::New,
+            msgs(|b| {
+                parse(b, "", "SELECT 'first client'");
+                frontend::sync(b);
+            }),
+        ),
+        // The same backend connection, another client: no unnamed statement of its own.
+        (
+            By::New,
+            msgs(|b| {
+                bind_execute(b, "");
+                frontend::sync(b);
+            }),
+        ),
+        // A client leaves with its batch open after an error that made the backend skip a
+        // Query: the connection is not handed on still skipping.
+        (
+            By::NewLeaving,
+            msgs(|b| {
+                parse(b, "", "SELECT 1");
+                bind_execute(b, "no_such_statement");
+                frontend::query("SELECT 2", b).expect("query");
+            }),
+        ),
+        (
+            By::New,
+            msgs(|b| {
+                frontend::describe(b'P', "", b).expect("describe");
+                frontend::sync(b);
+            }),
+        ),
+    ])
+    .await;
+}

@@ -75,6 +75,8 @@ impl TxnSession<'_> {
             if self.skip != Skip::None {
                 if tag != b'S' {
                     self.cin_whole = 0;
+                    // A Query that waited for a barrier may be skipped after all.
+                    self.waiting_query = None;
                     if whole {
                         self.cin.advance(len + 1);
                     } else {
@@ -116,6 +118,7 @@ impl TxnSession<'_> {
                     }
                     return Ok(moved);
                 }
+                Step::Wait => return Ok(moved),
                 Step::NeedBackend => {
                     if !self.pass_gate()? {
                         return Ok(true);
@@ -203,6 +206,11 @@ impl TxnSession<'_> {
             self.local(Local::ReadyForQuery);
             return;
         }
+        // The stand-in replaces the unnamed statement, which is then nobody's.
+        self.unnamed_in_batch = false;
+        if let Some(conn) = self.backend.as_mut() {
+            conn.conn().unnamed_owner = 0;
+        }
         let out = &mut self.sout;
         messages::write_message(out, b'P', |b| {
             b.put_u8(0);
@@ -237,6 +245,7 @@ impl TxnSession<'_> {
         let held = self.backend.is_some();
         match tag {
             b'S' if !held => {
+                self.unnamed_in_batch = false;
                 self.cin.advance(len + 1);
                 self.last_status = b'I';
                 self.local(Local::ReadyForQuery);
@@ -270,11 +279,12 @@ impl TxnSession<'_> {
             b'B' => self.bind(len),
             _ => {
                 let mut flush_after = false;
+                let mut deallocated = None;
                 if tag == b'E' && !self.portal_changes.is_empty() {
                     if !whole {
                         return Ok(Step::NeedMore);
                     }
-                    flush_after = self.execute_portal(len);
+                    (flush_after, deallocated) = self.execute_portal(len);
                 }
                 let take = (len + 1).min(self.cin.len());
                 self.sout.put_slice(&self.cin[..take]);
@@ -283,6 +293,9 @@ impl TxnSession<'_> {
                 match tag {
                     b'E' => {
                         self.expect_reply(Reply::Execute);
+                        if let Some(named) = deallocated {
+                            self.expect.push_back(Expect::Deallocated(named));
+                        }
                         // A barrier mid-batch waits for replies the backend keeps until a
                         // Flush.
                         if flush_after {
@@ -291,6 +304,7 @@ impl TxnSession<'_> {
                     }
                     // In copy-in mode the backend ignores Sync.
                     b'S' if !self.copy_in => {
+                        self.unnamed_in_batch = false;
                         if std::mem::take(&mut self.undoable_queued) {
                             self.barrier = Barrier::Undoable;
                         }

@@ -154,6 +154,17 @@ enum Expect {
     CopyEnd,
     /// A settings change of the statement whose reply follows (see `TxnSession::pend`).
     Pending(Pending),
+    /// A statement of the client's that the Execute before it deallocates: forgotten already,
+    /// and known again if the backend fails or skips that Execute.
+    Deallocated(NamedStatement),
+    /// Follows a client's unnamed Parse (or the proxy's Close of the unnamed statement) that
+    /// replies due before it could make the backend skip: when reached, whose the connection's
+    /// unnamed statement now is (see `TxnSession::own_unnamed`); dropped if skipped.
+    UnnamedOwner(u64),
+    /// Follows a client's unnamed Parse that replies due before it could make the backend
+    /// skip: the settings change of the unnamed statement it replaces, which is the unnamed
+    /// statement's again if it is skipped (and no later unnamed Parse is queued).
+    UnnamedChange(Option<Arc<SettingsChange>>),
 }
 
 /// Why the client's messages up to its next Sync are dropped.
@@ -185,7 +196,11 @@ impl Expect {
     fn may_be_undone(&self) -> bool {
         matches!(
             self,
-            Expect::Reply { parse: Some(_), .. } | Expect::Local(Local::CloseComplete(Some(_)))
+            Expect::Reply { parse: Some(_), .. }
+                | Expect::Local(Local::CloseComplete(Some(_)))
+                | Expect::Deallocated(_)
+                | Expect::UnnamedOwner(_)
+                | Expect::UnnamedChange(_)
         )
     }
 }
@@ -202,6 +217,17 @@ struct ParseUndo {
 struct NamedStatement {
     name: Box<[u8]>,
     stmt: Arc<Statement>,
+}
+
+/// An open portal whose execution changes settings.
+#[derive(Debug)]
+struct PortalChange {
+    /// Its name; "" the unnamed portal.
+    portal: Box<[u8]>,
+    change: Arc<SettingsChange>,
+    /// ReadyForQuery replies due, when it was bound, for batches sent before it: the next one
+    /// after those ends its transaction if it says idle.
+    earlier_batches: usize,
 }
 
 /// Changes to the client's settings made inside the current transaction, applied when it ends
@@ -236,6 +262,13 @@ type Checkout = Pin<Box<dyn Future<Output = Result<PooledConn, CheckoutError>> +
 
 /// Everything a transaction-mode client carries between transactions.
 pub struct TxnSession<'a> {
+    /// Who made the unnamed statement on a connection, if this session did (see
+    /// `own_unnamed`): unique to the session, renewed when a Query the proxy answers alone
+    /// drops the statement.
+    unnamed_id: u64,
+    /// The client sent an unnamed Parse since its last Sync: the unnamed statement its next
+    /// Bind or Describe uses is that one (or none, if the backend skips both).
+    unnamed_in_batch: bool,
     pool: Arc<TenantPool>,
     /// Looks the tenant's pool up again after a catalog change replaced it.
     repool: &'a (dyn Fn() -> Option<Arc<TenantPool>> + Sync),
@@ -282,7 +315,7 @@ pub struct TxnSession<'a> {
     /// The settings change the unnamed statement makes when run.
     unnamed_change: Option<Arc<SettingsChange>>,
     /// Open portals (by name, "" the unnamed one) whose execution changes settings.
-    portal_changes: Vec<(Box<[u8]>, Arc<SettingsChange>)>,
+    portal_changes: Vec<PortalChange>,
     /// What the client's next message waits for (see `settled`).
     barrier: Barrier,
     /// An undoable entry (see `Expect::may_be_undone`) was queued since the client's last Sync.
@@ -335,6 +368,8 @@ impl<'a> TxnSession<'a> {
         let reply_timeout = pool.settings.reply_timeout;
         let stats = pool.stats.clone();
         TxnSession {
+            unnamed_id: unnamed_id(),
+            unnamed_in_batch: false,
             stats,
             counts: SessionCounts::default(),
             pool,
@@ -758,18 +793,36 @@ impl<'a> TxnSession<'a> {
     fn flush_locals(&mut self) {
         if matches!(
             self.expect.front(),
-            Some(Expect::Local(_) | Expect::CopyEnd | Expect::Pending(_))
+            Some(
+                Expect::Local(_)
+                    | Expect::CopyEnd
+                    | Expect::Pending(_)
+                    | Expect::Deallocated(_)
+                    | Expect::UnnamedOwner(_)
+                    | Expect::UnnamedChange(_)
+            )
         ) {
             self.write_front_locals();
         }
     }
 
     fn write_front_locals(&mut self) {
-        while let Some(Expect::Local(_) | Expect::CopyEnd | Expect::Pending(_)) =
-            self.expect.front()
+        while let Some(
+            Expect::Local(_)
+            | Expect::CopyEnd
+            | Expect::Pending(_)
+            | Expect::Deallocated(_)
+            | Expect::UnnamedOwner(_)
+            | Expect::UnnamedChange(_),
+        ) = self.expect.front()
         {
             match self.expect.pop_front() {
                 Some(Expect::Local(reply)) => self.write_local(reply),
+                Some(Expect::UnnamedOwner(id)) => {
+                    if let Some(conn) = self.backend.as_mut() {
+                        conn.conn().unnamed_owner = id;
+                    }
+                }
                 // Everything before it has been answered: its statement runs now.
                 Some(Expect::Pending(change)) => self.pending.push(change),
                 _ => {}
@@ -792,11 +845,19 @@ impl<'a> TxnSession<'a> {
     }
 }
 
+/// A fresh owner for an unnamed statement (see `TxnSession::unnamed_id`).
+fn unnamed_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// What handling a client message came to.
 enum Step {
     Done,
     NeedMore,
     NeedBackend,
+    /// Handled again once the barrier set for it lifts.
+    Wait,
 }
 
 fn malformed(what: &str) -> TxnEnd {
@@ -813,10 +874,11 @@ fn write_probe_parse(out: &mut BytesMut, rest: &[u8]) {
     });
 }
 
-/// A statement that fails with `message` and SQLSTATE 0A000 on the backend.
-fn refusal_sql(message: &str) -> String {
+/// A statement that fails with `message` and SQLSTATE `code` on the backend (with 25P02
+/// instead in a failed transaction, as any statement does).
+fn refusal_sql(code: &str, message: &str) -> String {
     let escaped = message.replace('\'', "''");
     format!(
-        "DO $pgtenant$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '{escaped}'; END$pgtenant$"
+        "DO $pgtenant$BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = '{escaped}'; END$pgtenant$"
     )
 }

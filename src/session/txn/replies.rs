@@ -156,6 +156,9 @@ impl TxnSession<'_> {
                     return Err(self.lost_track(tag));
                 }
                 self.last_status = status;
+                if !self.portal_changes.is_empty() {
+                    self.portals_at_ready(status);
+                }
                 // The proxy's own settings query ends no transaction of the client's.
                 if status == b'I' && owner != Owner::Proxy {
                     self.end_of_transaction();
@@ -239,7 +242,7 @@ impl TxnSession<'_> {
     }
 
     /// CommandComplete: a ROLLBACK undoes SETs of the transaction; DISCARD ALL and DEALLOCATE
-    /// ALL wiped the connection's prepared statements.
+    /// ALL (only ever the client's) wiped its and the connection's prepared statements.
     pub(super) fn command_complete(&mut self, len: usize) {
         // The command tag without its NUL; a malformed empty one matches nothing.
         let tag = self.server_msg().get(5..len).unwrap_or_default();
@@ -254,6 +257,7 @@ impl TxnSession<'_> {
                 }
             }
             b"DEALLOCATE ALL" => {
+                self.statements.clear();
                 if let Some(conn) = self.backend.as_mut() {
                     conn.conn().statements.clear();
                 }
@@ -267,6 +271,7 @@ impl TxnSession<'_> {
     pub(super) fn enter_copy_in(&mut self) {
         let mut i = 1;
         self.copy_in = true;
+        let extended = self.front_reply().0 == Some(Reply::Execute);
         while i < self.expect.len() {
             match self.expect.get(i) {
                 Some(Expect::CopyEnd) => {
@@ -274,20 +279,34 @@ impl TxnSession<'_> {
                     self.copy_in = false;
                     return;
                 }
+                // Ignored by the backend: an Execute's batch goes on past them.
                 Some(Expect::Reply {
                     reply: Reply::Sync, ..
                 }) => {
                     self.expect.remove(i);
+                    self.unsynced |= extended;
                 }
                 _ => i += 1,
             }
         }
     }
 
+    /// A ReadyForQuery with `status`: portals end with the transaction it ends, if it is
+    /// theirs (those bound after the client's Sync or Query it answers are not).
+    #[cold]
+    pub(super) fn portals_at_ready(&mut self, status: u8) {
+        self.portal_changes.retain_mut(|p| {
+            if p.earlier_batches > 0 {
+                p.earlier_batches -= 1;
+                true
+            } else {
+                status != b'I'
+            }
+        });
+    }
+
     /// A transaction ended: settings changed inside it stick unless it failed or rolled back.
     pub(super) fn end_of_transaction(&mut self) {
-        // Portals end with their transaction.
-        self.portal_changes.clear();
         let failed = std::mem::take(&mut self.txn_failed);
         let pending = std::mem::take(&mut self.pending);
         if failed || pending.is_empty() {
@@ -342,9 +361,11 @@ impl TxnSession<'_> {
                     )
                 })
                 .count();
-        // Nothing up to a Sync is left: the client has yet to send it.
+        // Nothing up to a Sync is left: the client has yet to send it, and the backend waits
+        // for it whatever the client sent since (a Query too).
         if skipped == self.expect.len() {
             self.skip = Skip::Backend;
+            self.unsynced = true;
         }
         let skipped: Vec<Expect> = self.expect.drain(..skipped).collect();
         for entry in skipped.into_iter().rev() {
@@ -374,7 +395,7 @@ impl TxnSession<'_> {
     }
 
     /// Undoes what the proxy did for a message the backend skipped: a Parse leaves no trace of
-    /// its statement, and a Close it answered alone forgets nothing.
+    /// its statement, and a Close it answered alone or a DEALLOCATE forgets nothing.
     pub(super) fn undo(&mut self, entry: Expect) {
         match entry {
             Expect::Reply {
@@ -387,7 +408,22 @@ impl TxnSession<'_> {
                     self.forget_if_same(&name, &undo.stmt);
                 }
             }
-            Expect::Local(Local::CloseComplete(Some(named)))
+            Expect::UnnamedChange(before) => {
+                let later_parse = self.expect.iter().any(|e| {
+                    matches!(
+                        e,
+                        Expect::Reply {
+                            reply: Reply::Parse,
+                            owner: Owner::Client,
+                            parse: None,
+                        }
+                    )
+                });
+                if !later_parse {
+                    self.unnamed_change = before;
+                }
+            }
+            Expect::Local(Local::CloseComplete(Some(named))) | Expect::Deallocated(named)
                 if !self.statements.contains(&named.name) =>
             {
                 self.statements.insert(&named.name, named.stmt);

@@ -20,9 +20,7 @@ impl TxnSession<'_> {
         // DEALLOCATE of a statement the client has: the backend knows it by another name.
         let stand_in;
         let (msg, rest) = match &class {
-            Classified::Deallocate(Some(target))
-                if self.pinned.is_none() && self.statements.contains(target.as_bytes()) =>
-            {
+            Classified::Deallocate(Some(_)) if self.pinned.is_none() => {
                 stand_in = self.deallocate_stand_in(name, rest, sql.len());
                 (&stand_in[..], &stand_in[5 + name.len() + 1..])
             }
@@ -40,9 +38,14 @@ impl TxnSession<'_> {
             return Ok(Step::Done);
         }
         if name.is_empty() {
-            self.unnamed_change = change;
+            let before = std::mem::replace(&mut self.unnamed_change, change);
+            self.unnamed_in_batch = true;
             self.sout.put_slice(msg);
             self.expect_reply(Reply::Parse);
+            if self.expect.len() > 1 && (before.is_some() || self.unnamed_change.is_some()) {
+                self.expect.push_back(Expect::UnnamedChange(before));
+            }
+            self.set_unnamed_owner();
             return Ok(Step::Done);
         }
         if self.statements.contains(name) {
@@ -81,29 +84,14 @@ impl TxnSession<'_> {
             .push_back(Expect::Local(Local::Error(Box::new(err))));
     }
 
-    /// A Parse of `DEALLOCATE name`, a statement the client has, goes to the backend as
-    /// `DEALLOCATE` of the scratch statement, prepared just before it: run, it answers as
-    /// Postgres would (a second run fails with `26000`), and the client's name goes when it runs
-    /// (see `execute_portal`). `rest` is the client's text (`sql_len` bytes, then a NUL) and
-    /// parameter types; returns the whole Parse message to send in its place.
+    /// A Parse of `DEALLOCATE name` goes to the backend as `DEALLOCATE` of the scratch
+    /// statement: when it runs, the scratch statement exists if the client has `name` then (see
+    /// `execute_portal`), so it answers as Postgres would (`26000` when the client has no such
+    /// statement, `25P02` in a failed transaction). `rest` is the client's text (`sql_len`
+    /// bytes, then a NUL) and parameter types; returns the whole Parse message to send in its
+    /// place.
     #[cold]
-    pub(super) fn deallocate_stand_in(
-        &mut self,
-        name: &[u8],
-        rest: &[u8],
-        sql_len: usize,
-    ) -> Vec<u8> {
-        self.close_probe();
-        messages::write_message(&mut self.sout, b'P', |b| {
-            b.put_slice(PROBE_STATEMENT.as_bytes());
-            b.put_u8(0);
-            b.put_slice(b"SELECT 1\0\0\0");
-        });
-        self.expect.push_back(Expect::Reply {
-            reply: Reply::Parse,
-            owner: Owner::Proxy,
-            parse: None,
-        });
+    pub(super) fn deallocate_stand_in(&self, name: &[u8], rest: &[u8], sql_len: usize) -> Vec<u8> {
         let sql = format!("DEALLOCATE {PROBE_STATEMENT}");
         let types = rest.get(sql_len + 1..).unwrap_or_default();
         let mut out = BytesMut::new();
@@ -237,7 +225,7 @@ impl TxnSession<'_> {
                 } else {
                     // A raising statement in its place keeps the backend's transaction state
                     // the same as the client's.
-                    let sql = refusal_sql(&err.message);
+                    let sql = refusal_sql(err.code, &err.message);
                     messages::query(&mut self.sout, &sql);
                     self.expect_reply(Reply::Query);
                 }
@@ -282,27 +270,32 @@ impl TxnSession<'_> {
         let body = &msg[5..];
         let sql = body.strip_suffix(&[0]).unwrap_or(body);
         let class = self.waiting_query.take().unwrap_or_else(|| classify(sql));
-        // DEALLOCATE of a protocol-level statement is the proxy's to answer.
+        // It drops the unnamed statement: a Bind of it after this must check whose it is.
+        self.unnamed_in_batch = false;
+        // DEALLOCATE names the client's statements, which the backend knows by other names.
         if let Classified::Deallocate(target) = &class
             && self.pinned.is_none()
         {
-            let known = match target {
-                Some(name) => self.statements.remove(name.as_bytes()).is_some(),
-                None => {
-                    self.statements.clear();
-                    true
+            // What Postgres would answer depends on the transaction state (a failed one
+            // refuses it) and on statements the replies still due may undo: wait for them.
+            // Inside a batch, with nothing due (so the backend is not skipping), a Sync
+            // reports the state; it ends the batch's implicit transaction, as the Query would
+            // before DEALLOCATE, which is not transactional, runs.
+            if !self.expect.is_empty() || (self.unsynced && !self.copy_in) {
+                if self.expect.is_empty() {
+                    messages::write_message(&mut self.sout, b'S', |_| {});
+                    self.expect.push_back(Expect::Reply {
+                        reply: Reply::Sync,
+                        owner: Owner::Proxy,
+                        parse: None,
+                    });
+                    self.unsynced = false;
                 }
-            };
-            if known {
-                let tag = if target.is_some() {
-                    "DEALLOCATE"
-                } else {
-                    "DEALLOCATE ALL"
-                };
-                self.local(Local::CommandComplete(tag));
-                self.local(Local::ReadyForQuery);
-                return Step::Done;
+                self.waiting_query = Some(class);
+                self.barrier = Barrier::Drained;
+                return Step::Wait;
             }
+            return self.deallocate(target.as_deref());
         }
         if self.backend.is_none() {
             self.waiting_query = Some(class);
@@ -311,14 +304,141 @@ impl TxnSession<'_> {
         if self.watch_statement(sql, class, false) {
             return Step::Done;
         }
-        // A simple query drops the unnamed statement and portal.
-        if self.unnamed_change.is_some() || !self.portal_changes.is_empty() {
-            self.unnamed_change = None;
-            self.portal_changes.retain(|(portal, _)| !portal.is_empty());
-        }
+        self.query_drops_unnamed();
         self.sout.put_slice(msg);
         self.expect_reply(Reply::Query);
         Step::Done
+    }
+
+    /// A Query of `DEALLOCATE name` (or `ALL`, `None`), with no replies due. Between
+    /// transactions the proxy answers alone. In one, the backend runs a statement in its place,
+    /// so that its transaction state and the unnamed statement and portal a Query drops follow
+    /// the client's: `DEALLOCATE` of the scratch statement, prepared just before, for a
+    /// statement the client has; one that raises what Postgres would otherwise (25P02 in a
+    /// failed transaction, 26000 for a name the client lacks); `DEALLOCATE ALL` itself, whose
+    /// completion forgets every statement (see `command_complete`).
+    #[cold]
+    pub(super) fn deallocate(&mut self, target: Option<&str>) -> Step {
+        let has = target.is_none_or(|name| self.statements.contains(name.as_bytes()));
+        if self.backend.is_none() {
+            // The Query drops the unnamed statement the client left on a connection.
+            self.unnamed_id = unnamed_id();
+            if !has {
+                let err = ClientError::unknown_statement(target.unwrap_or_default());
+                self.local(Local::Error(Box::new(err)));
+            } else {
+                match target {
+                    Some(name) => {
+                        self.statements.remove(name.as_bytes());
+                        self.local(Local::CommandComplete("DEALLOCATE"));
+                    }
+                    None => {
+                        self.statements.clear();
+                        self.local(Local::CommandComplete("DEALLOCATE ALL"));
+                    }
+                }
+            }
+            self.local(Local::ReadyForQuery);
+            return Step::Done;
+        }
+        self.query_drops_unnamed();
+        match target {
+            Some(name) if has && self.last_status != b'E' => {
+                self.statements.remove(name.as_bytes());
+                self.close_probe();
+                self.prepare_probe();
+                messages::query(&mut self.sout, &format!("DEALLOCATE {PROBE_STATEMENT}"));
+            }
+            None if self.last_status != b'E' => {
+                messages::query(&mut self.sout, "DEALLOCATE ALL");
+                self.barrier = Barrier::Drained;
+            }
+            _ => {
+                let err = if self.last_status == b'E' {
+                    ClientError::failed_transaction()
+                } else {
+                    ClientError::unknown_statement(target.unwrap_or_default())
+                };
+                messages::query(&mut self.sout, &refusal_sql(err.code, &err.message));
+            }
+        }
+        self.expect_reply(Reply::Query);
+        Step::Done
+    }
+
+    /// A simple Query drops the unnamed statement and portal.
+    pub(super) fn query_drops_unnamed(&mut self) {
+        if self.unnamed_change.is_some() || !self.portal_changes.is_empty() {
+            self.unnamed_change = None;
+            self.portal_changes.retain(|p| !p.portal.is_empty());
+        }
+    }
+
+    /// A use of the unnamed statement with no unnamed Parse before it in its batch must know
+    /// whose the connection's unnamed statement is, which an earlier batch the backend may
+    /// still skip leaves open: true when the use must wait for that (a barrier is set).
+    #[inline]
+    pub(super) fn unnamed_unsettled(&mut self) -> bool {
+        if self.unnamed_in_batch
+            || !self
+                .expect
+                .iter()
+                .any(|e| matches!(e, Expect::UnnamedOwner(_)))
+        {
+            return false;
+        }
+        self.barrier = Barrier::Undoable;
+        true
+    }
+
+    /// Before a use of the unnamed statement: the connection's unnamed statement, if another
+    /// session's Parse made it, is closed, so the use fails as it would on a connection of the
+    /// client's own instead of running another client's statement.
+    #[inline]
+    pub(super) fn own_unnamed(&mut self) {
+        let id = self.unnamed_id;
+        if self
+            .backend
+            .as_mut()
+            .is_some_and(|conn| conn.conn().unnamed_owner != id)
+        {
+            self.close_unnamed();
+        }
+    }
+
+    #[cold]
+    fn close_unnamed(&mut self) {
+        prepared::write_statement_target(&mut self.sout, b'C', "");
+        self.expect.push_back(Expect::Reply {
+            reply: Reply::Close,
+            owner: Owner::Proxy,
+            parse: None,
+        });
+        self.set_unnamed_owner();
+    }
+
+    /// The client's unnamed Parse, or the proxy's Close of the unnamed statement, was just
+    /// queued: the connection's unnamed statement is this session's once it has run, and is
+    /// now if nothing due before it could make the backend skip it (a failed Parse leaves no
+    /// unnamed statement to own).
+    #[inline]
+    fn set_unnamed_owner(&mut self) {
+        let id = self.unnamed_id;
+        if self.expect.len() > 1 {
+            self.expect.push_back(Expect::UnnamedOwner(id));
+        } else if let Some(conn) = self.backend.as_mut() {
+            conn.conn().unnamed_owner = id;
+        }
+    }
+
+    /// Parses a statement under the scratch name, which must be free.
+    pub(super) fn prepare_probe(&mut self) {
+        write_probe_parse(&mut self.sout, b"SELECT 1\0\0\0");
+        self.expect.push_back(Expect::Reply {
+            reply: Reply::Parse,
+            owner: Owner::Proxy,
+            parse: None,
+        });
     }
 
     pub(super) fn describe(&mut self, msg: &[u8]) -> Result<Step, TxnEnd> {
@@ -339,6 +459,12 @@ impl TxnSession<'_> {
             prepared::write_statement_target(&mut self.sout, b'D', &stmt.backend_name);
             self.expect_reply(Reply::DescribeStatement);
             return Ok(Step::Done);
+        }
+        if kind == b'S' && name.is_empty() && !self.unnamed_in_batch {
+            if self.unnamed_unsettled() {
+                return Ok(Step::Wait);
+            }
+            self.own_unnamed();
         }
         self.sout.put_slice(msg);
         self.expect_reply(if kind == b'S' {
@@ -368,10 +494,14 @@ impl TxnSession<'_> {
             return Ok(Step::Done);
         }
         if kind == b'P' && !self.portal_changes.is_empty() {
-            self.portal_changes.retain(|(portal, _)| **portal != *name);
+            self.portal_changes.retain(|p| *p.portal != *name);
         }
         if self.backend.is_none() {
-            // Outside a transaction there are no portals, and unnamed statements are gone.
+            // Outside a transaction there are no portals; the unnamed statement the client may
+            // have left on a connection is closed when it next uses one (see `own_unnamed`).
+            if kind == b'S' {
+                self.unnamed_id = unnamed_id();
+            }
             self.local(Local::CloseComplete(None));
             return Ok(Step::Done);
         }
@@ -393,6 +523,9 @@ impl TxnSession<'_> {
             }
             return Ok(Step::NeedMore);
         };
+        if stmt_len == 0 && self.unnamed_unsettled() {
+            return Ok(Step::Wait);
+        }
         let names_end = 5 + portal_len + 1 + stmt_len + 1;
         let stmt_name = &self.cin[5 + portal_len + 1..names_end - 1];
         let stmt = if stmt_name.is_empty() {
@@ -413,6 +546,9 @@ impl TxnSession<'_> {
         match stmt {
             None => {
                 // Unnamed, or unknown to the proxy: the backend answers as it would.
+                if stmt_len == 0 && !self.unnamed_in_batch {
+                    self.own_unnamed();
+                }
                 self.sout.put_slice(&self.cin[..avail]);
                 self.cin.advance(avail);
                 self.client_stream_left = len + 1 - avail;
@@ -445,7 +581,7 @@ impl TxnSession<'_> {
     /// portal of the same name).
     #[cold]
     pub(super) fn bind_portal(&mut self, portal: Box<[u8]>, change: Option<Arc<SettingsChange>>) {
-        self.portal_changes.retain(|(name, _)| *name != portal);
+        self.portal_changes.retain(|p| p.portal != portal);
         let Some(change) = change else {
             return;
         };
@@ -455,7 +591,24 @@ impl TxnSession<'_> {
             self.portal_changes.clear();
             return;
         }
-        self.portal_changes.push((portal, change));
+        let earlier_batches = self
+            .expect
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Expect::Reply {
+                        reply: Reply::Sync | Reply::Query,
+                        ..
+                    }
+                )
+            })
+            .count();
+        self.portal_changes.push(PortalChange {
+            portal,
+            change,
+            earlier_batches,
+        });
     }
 
     /// Execute of a portal whose statement changes settings (queued, to stick if the
@@ -463,22 +616,34 @@ impl TxnSession<'_> {
     /// transactional). `cin` holds the whole message. True when the client's next messages wait
     /// for this one's reply (DISCARD ALL).
     #[cold]
-    pub(super) fn execute_portal(&mut self, len: usize) -> bool {
+    pub(super) fn execute_portal(&mut self, len: usize) -> (bool, Option<NamedStatement>) {
         let portal = prepared::cstr(&self.cin[5..len + 1]).map_or(&[][..], |(n, _)| n);
         let change = self
             .portal_changes
             .iter()
-            .find(|(name, _)| **name == *portal)
-            .map(|(_, change)| change.clone());
+            .find(|p| *p.portal == *portal)
+            .map(|p| p.change.clone());
         if let Some(change) = change {
             match &change.class {
                 Classified::Deallocate(Some(name)) => {
-                    self.statements.remove(name.as_bytes());
+                    // The stand-in deallocates the scratch statement (see
+                    // `deallocate_stand_in`): there if the client has the statement.
+                    let had = self.statements.remove(name.as_bytes());
+                    self.close_probe();
+                    if let Some(stmt) = had {
+                        self.prepare_probe();
+                        self.undoable_queued = true;
+                        let name = name.as_bytes().into();
+                        let flush_after = self.barrier == Barrier::Drained;
+                        return (flush_after, Some(NamedStatement { name, stmt }));
+                    }
                 }
-                Classified::Deallocate(None) => self.statements.clear(),
+                // Which statements exist afterwards is known once it has run (see
+                // `command_complete`); the client's next messages wait for that.
+                Classified::Deallocate(None) => self.barrier = Barrier::Drained,
                 class => self.track(class.clone(), &change.text),
             }
         }
-        self.barrier == Barrier::Drained
+        (self.barrier == Barrier::Drained, None)
     }
 }

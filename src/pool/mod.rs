@@ -83,11 +83,16 @@ impl Pools {
             return p.clone();
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let holders = pools
+            .get(&tenant.slug)
+            .map(|p| p.holders.clone())
+            .unwrap_or_default();
         let fresh = Arc::new(TenantPool::new(
             tenant,
             id,
             self.budget(&tenant.backend),
             self.stats_for(&tenant.slug),
+            holders,
         ));
         if let Some(old) = pools.insert(tenant.slug.clone(), fresh.clone()) {
             tracing::info!(tenant = %tenant.slug, from = ?old.target, to = ?tenant.backend, "tenant pool replaced");
@@ -559,6 +564,8 @@ pub struct TenantPool {
     retired: AtomicBool,
     /// The tenant's usage counters (shared with its sessions, kept across pool replacements).
     pub stats: Arc<TenantStats>,
+    /// Which backend statements the tenant's clients hold (kept across pool replacements).
+    pub holders: Arc<crate::session::prepared::StatementHolders>,
 }
 
 impl TenantPool {
@@ -567,6 +574,7 @@ impl TenantPool {
         id: PoolId,
         server: Arc<ServerBudget>,
         stats: Arc<TenantStats>,
+        holders: Arc<crate::session::prepared::StatementHolders>,
     ) -> Self {
         server.add_pool(id, tenant.pool.size as usize);
         TenantPool {
@@ -577,6 +585,7 @@ impl TenantPool {
             server,
             retired: AtomicBool::new(false),
             stats,
+            holders,
         }
     }
 

@@ -86,35 +86,95 @@ fn put_len(out: &mut BytesMut, len: usize) {
     out.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
 }
 
-/// The statements a client has prepared, by the names it gave them.
+/// How many clients of a tenant hold each backend statement, so that copies no client holds any
+/// more are closed on the connections that have them (see [`BackendStatements::unheld`]).
+#[derive(Debug, Default)]
+pub struct StatementHolders {
+    counts: std::sync::Mutex<HashMap<Box<str>, u32>>,
+    /// Bumped whenever a count falls to zero: a connection that looked at an older value may
+    /// have statements to close.
+    released: AtomicU64,
+}
+
+impl StatementHolders {
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, u32>> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn hold(&self, name: &str) {
+        *self.counts().entry(name.into()).or_default() += 1;
+    }
+
+    fn release(&self, name: &str) {
+        let mut counts = self.counts();
+        if let Some(n) = counts.get_mut(name) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(name);
+                self.released.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Changes when a statement stops being held by anyone.
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.released.load(Ordering::Relaxed)
+    }
+}
+
+/// The statements a client has prepared, by the names it gave them, each counted as held in
+/// the tenant's [`StatementHolders`] while the client has it.
 #[derive(Default)]
 pub struct ClientStatements {
     by_name: HashMap<Box<[u8]>, Arc<Statement>>,
+    holders: Arc<StatementHolders>,
 }
 
 impl ClientStatements {
+    /// No statements yet, counted in `holders`.
+    pub fn held_in(holders: Arc<StatementHolders>) -> Self {
+        ClientStatements {
+            by_name: HashMap::new(),
+            holders,
+        }
+    }
+
+    /// Where this client's statements are counted.
+    pub fn holders(&self) -> &Arc<StatementHolders> {
+        &self.holders
+    }
+
     /// The statement the client calls `name`.
     pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
         self.by_name.get(name)
     }
 
-    /// Records a new statement; false when the client already has `MAX_STATEMENTS_PER_CLIENT`.
+    /// Records a statement under the client's name; false (and nothing recorded) when the client
+    /// already has [`MAX_STATEMENTS_PER_CLIENT`].
     pub fn insert(&mut self, name: &[u8], stmt: Arc<Statement>) -> bool {
         if self.by_name.len() >= MAX_STATEMENTS_PER_CLIENT && !self.by_name.contains_key(name) {
             return false;
         }
-        self.by_name.insert(name.into(), stmt);
+        self.holders.hold(&stmt.backend_name);
+        if let Some(old) = self.by_name.insert(name.into(), stmt) {
+            self.holders.release(&old.backend_name);
+        }
         true
     }
 
-    /// Forgets `name` (Close, DEALLOCATE, or a Parse that failed).
+    /// Forgets a name; returns what it stood for.
     pub fn remove(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
-        self.by_name.remove(name)
+        let stmt = self.by_name.remove(name)?;
+        self.holders.release(&stmt.backend_name);
+        Some(stmt)
     }
 
-    /// Forgets everything (DEALLOCATE ALL, DISCARD ALL).
+    /// Forgets every name (DEALLOCATE ALL, DISCARD ALL).
     pub fn clear(&mut self) {
-        self.by_name.clear();
+        for (_, stmt) in self.by_name.drain() {
+            self.holders.release(&stmt.backend_name);
+        }
     }
 
     /// True when the client has a statement by this name.
@@ -123,10 +183,18 @@ impl ClientStatements {
     }
 }
 
+impl Drop for ClientStatements {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
 /// What one backend connection has prepared, least recently used first out.
 #[derive(Debug, Default)]
 pub struct BackendStatements {
     by_name: HashMap<Box<str>, Prepared>,
+    /// The [`StatementHolders::generation`] at the last look for statements no one holds.
+    swept: u64,
     clock: u64,
 }
 
@@ -180,6 +248,29 @@ impl BackendStatements {
         self.by_name.remove(name);
     }
 
+    /// True when a statement may have stopped being held since the last [`Self::unheld`].
+    #[inline]
+    pub fn may_have_unheld(&self, holders: &StatementHolders) -> bool {
+        self.swept != holders.generation()
+    }
+
+    /// Forgets and returns the statements no client of the tenant holds, to be closed.
+    pub fn unheld(&mut self, holders: &StatementHolders) -> Vec<Box<str>> {
+        self.swept = holders.generation();
+        let counts = holders.counts();
+        let gone: Vec<Box<str>> = self
+            .by_name
+            .keys()
+            .filter(|name| !counts.contains_key(&***name))
+            .cloned()
+            .collect();
+        drop(counts);
+        for name in &gone {
+            self.by_name.remove(name);
+        }
+        gone
+    }
+
     /// Forgets everything (DISCARD ALL or DEALLOCATE ALL ran on the backend).
     pub fn clear(&mut self) {
         self.by_name.clear();
@@ -230,6 +321,28 @@ pub fn write_statement_target(out: &mut BytesMut, tag: u8, name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backend_statement_is_unheld_once_its_last_client_lets_go() {
+        let holders = Arc::new(StatementHolders::default());
+        let stmt = Arc::new(Statement::from_parse(b"SELECT 1\0\0\0"));
+        let mut a = ClientStatements::held_in(holders.clone());
+        let mut b = ClientStatements::held_in(holders.clone());
+        assert!(a.insert(b"s1", stmt.clone()));
+        assert!(b.insert(b"other_name", stmt.clone()));
+        let mut conn = BackendStatements::default();
+        assert_eq!(conn.add(&stmt.backend_name, 10), None);
+        // Nothing released yet: nothing to look at.
+        assert!(!conn.may_have_unheld(&holders));
+        a.remove(b"s1");
+        assert!(!conn.may_have_unheld(&holders), "b still holds it");
+        assert!(conn.unheld(&holders).is_empty());
+        drop(b);
+        assert!(conn.may_have_unheld(&holders));
+        assert_eq!(conn.unheld(&holders), vec![stmt.backend_name.clone()]);
+        assert!(conn.is_empty());
+        assert!(!conn.may_have_unheld(&holders));
+    }
 
     #[test]
     fn cstr_splits_empty_named_and_unterminated_strings() {

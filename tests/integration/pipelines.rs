@@ -402,3 +402,38 @@ async fn a_client_never_runs_another_clients_unnamed_statement_or_portal() {
     ])
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_statement_no_client_holds_is_closed() {
+    let (proxy, slug) = txn_proxy("", "pool_size = 1").await;
+    let addr = proxy.addrs[0];
+    // The copies on the one backend connection, by their text.
+    let count = msgs(|b| {
+        let sql = "SELECT count(*) FROM pg_prepared_statements WHERE statement = 'SELECT 101'";
+        frontend::query(sql, b).expect("query");
+    });
+    let prepare = msgs(|b| {
+        parse(b, "s1", "SELECT 101");
+        frontend::sync(b);
+    });
+    let close = msgs(|b| {
+        frontend::close(b'S', "s1", b).expect("close");
+        frontend::sync(b);
+    });
+    let row = |n: char| format!("D\0\u{1}\0\0\0\u{1}{n}");
+    let mut a = RawClient::login(addr, "app", &slug).await;
+    let mut b = RawClient::login(addr, "app", &slug).await;
+    for c in [&mut a, &mut b] {
+        let seen = replies(c, &prepare).await.expect("prepare");
+        assert_eq!(seen[0], "1", "{seen:?}");
+    }
+    // A lets go; B still holds the statement, so the copy stays.
+    replies(&mut a, &close).await.expect("close");
+    let seen = replies(&mut a, &count).await.expect("count");
+    assert!(seen.contains(&row('1')), "{seen:?}");
+    // B lets go too: nobody holds it, and the connection closes it before its next transaction.
+    replies(&mut b, &close).await.expect("close");
+    let seen = replies(&mut a, &count).await.expect("count");
+    assert!(seen.contains(&row('0')), "{seen:?}");
+    proxy.shutdown().await;
+}

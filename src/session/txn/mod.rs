@@ -367,6 +367,7 @@ impl<'a> TxnSession<'a> {
         let policy = pool.settings.session_state;
         let reply_timeout = pool.settings.reply_timeout;
         let stats = pool.stats.clone();
+        let holders = pool.holders.clone();
         TxnSession {
             unnamed_id: unnamed_id(),
             unnamed_in_batch: false,
@@ -393,7 +394,7 @@ impl<'a> TxnSession<'a> {
             server_stream_left: 0,
             server_stream_forward: true,
             expect: VecDeque::new(),
-            statements: ClientStatements::default(),
+            statements: ClientStatements::held_in(holders),
             settings,
             pending: Vec::new(),
             txn_failed: false,
@@ -738,9 +739,26 @@ impl<'a> TxnSession<'a> {
                 parse: None,
             });
         }
+        if c.statements.may_have_unheld(self.statements.holders()) {
+            self.close_unheld(c);
+        }
         self.backend = Some(conn);
         self.server_arm.disarm();
         self.counts.begin();
+    }
+
+    /// Closes the statements on `c` that no client of the tenant holds any more (their last
+    /// holder closed or deallocated them, or left), ahead of what the client sent.
+    #[cold]
+    fn close_unheld(&mut self, c: &mut crate::pool::backend::BackendConn) {
+        for name in c.statements.unheld(self.statements.holders()) {
+            prepared::write_statement_target(&mut self.sout, b'C', &name);
+            self.expect.push_back(Expect::Reply {
+                reply: Reply::Close,
+                owner: Owner::Proxy,
+                parse: None,
+            });
+        }
     }
 
     /// Returns the connection once its transaction is over and nothing is outstanding.

@@ -28,6 +28,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("connection_string", connection_string),
     ("metrics_request", metrics_request),
     ("admin_command", admin_command),
+    ("catalog_rows", catalog_rows),
     ("txn_pipeline", txn_pipeline),
     ("txn_replies", txn_replies),
 ];
@@ -123,6 +124,53 @@ pub fn connection_string(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = crate::pgclient::parse(text);
     }
+}
+
+/// Catalog rows as the proxy loads them (a server and two tenants whose text columns, user
+/// names and password hashes come from `data`, split at 0xFF bytes), and a change
+/// notification's payload: every tenant is routed or reported as skipped.
+pub fn catalog_rows(data: &[u8]) {
+    use crate::config::{PoolDefaults, ServerConfig, TenantConfig, TenantUserConfig};
+    use crate::error::Secret;
+    use crate::tenant::snapshot::{Snapshot, SnapshotSource};
+    let fields: Vec<String> = data
+        .split(|&b| b == 0xff)
+        .map(|f| String::from_utf8_lossy(f).into_owned())
+        .collect();
+    let field = |i: usize| fields.get(i).cloned().unwrap_or_default();
+    let _ = crate::tenant::catalog::postgres::change_time(&field(0));
+    let servers = [ServerConfig {
+        name: "s".into(),
+        host: field(1),
+        port: 5432,
+        user: field(2),
+        password: Secret::default(),
+        max_connections: None,
+        tls_mode: Some(field(3)).filter(|m| !m.is_empty()),
+        tls_ca_file: None,
+    }];
+    let tenant = |slug: &str, at: usize| TenantConfig {
+        slug: slug.into(),
+        server: Some(field(at))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "s".into()),
+        database: Some(field(at + 1)),
+        status: field(at + 2),
+        pool_mode: Some(field(at + 3)).filter(|m| !m.is_empty()),
+        users: vec![TenantUserConfig {
+            name: field(at + 4),
+            password_hash: Secret::new(field(at + 5)),
+        }],
+        ..TenantConfig::default()
+    };
+    let tenants = [tenant("a", 4), tenant("b", 10)];
+    let (snapshot, skipped) = Snapshot::build(
+        &servers,
+        &tenants,
+        &PoolDefaults::default(),
+        SnapshotSource::Catalog,
+    );
+    assert_eq!(snapshot.len() + skipped.len(), tenants.len());
 }
 
 /// A simple query to the admin console: each `;`-separated command read.

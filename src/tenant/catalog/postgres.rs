@@ -132,7 +132,7 @@ async fn follow_once(catalog: &Catalog, db: &CatalogConfig) -> Result<(), Catalo
 
 /// The time a change notification carries after its '@' (seconds since the epoch, as the
 /// catalog's trigger wrote them from 0005 on).
-fn change_time(payload: &str) -> Option<SystemTime> {
+pub(crate) fn change_time(payload: &str) -> Option<SystemTime> {
     let (_, secs) = payload.rsplit_once('@')?;
     let secs: f64 = secs.parse().ok()?;
     if !secs.is_finite() || secs < 0.0 {

@@ -266,8 +266,10 @@ enum By {
     Same,
     /// A new client, which through a pool of one gets the connection the last one left.
     New,
-    /// A new client that sends the step and leaves without a reply (mid-batch, say).
-    NewLeaving,
+    /// A new client that sends the step without the closing empty query (which would drop the
+    /// unnamed statement and end a batch) and reads replies up to the first of this type; the
+    /// next step's new client takes over from it.
+    NewReadingTo(u8),
 }
 
 /// Runs `steps` on a direct connection and through the proxy; every step's replies must be
@@ -288,10 +290,21 @@ async fn compare_steps(steps: &[(By, BytesMut)]) {
         let (Some(s), Some(p)) = (straight.as_mut(), proxied.as_mut()) else {
             unreachable!("both logged in above");
         };
-        if *by == By::NewLeaving {
-            // Bytes before the client's end of stream are read before it.
-            s.send(bytes).await;
-            p.send(bytes).await;
+        if let By::NewReadingTo(last) = *by {
+            let mut seen = Vec::new();
+            for c in [&mut *s, &mut *p] {
+                c.send(bytes).await;
+                let mut tags = Vec::new();
+                loop {
+                    let (tag, _) = c.read().await;
+                    tags.push(tag);
+                    if tag == last {
+                        break;
+                    }
+                }
+                seen.push(tags);
+            }
+            assert_eq!(seen[0], seen[1], "step {i}: direct, proxied");
             continue;
         }
         let want = replies(s, bytes).await;
@@ -368,7 +381,7 @@ async fn deallocate_follows_the_transaction_state_as_postgres_does() {
 async fn a_client_never_runs_another_clients_unnamed_statement_or_portal() {
     compare_steps(&[
         (
-            By::New,
+            By::NewReadingTo(b'Z'),
             msgs(|b| {
                 parse(b, "", "SELECT 'first client'");
                 frontend::sync(b);
@@ -382,10 +395,10 @@ async fn a_client_never_runs_another_clients_unnamed_statement_or_portal() {
                 frontend::sync(b);
             }),
         ),
-        // A client leaves with its batch open after an error that made the backend skip a
+        // A client leaves with its batch open after an error that makes the backend skip a
         // Query: the connection is not handed on still skipping.
         (
-            By::NewLeaving,
+            By::NewReadingTo(b'E'),
             msgs(|b| {
                 parse(b, "", "SELECT 1");
                 bind_execute(b, "no_such_statement");

@@ -96,11 +96,19 @@ pub(super) enum Barrier {
     /// undone (a failed or skipped Parse or Close): messages after the Sync run on the backend
     /// whatever happened, so the proxy must know which statements exist before it maps names.
     Undoable,
-    /// DISCARD ALL went out: which statements exist is known once it has been answered.
+    /// Everything due must have been answered: after DISCARD ALL or DEALLOCATE ALL (which
+    /// statements exist is known then), and before a DEALLOCATE the proxy decides on.
     Drained,
 }
 
 impl Expect {
+    /// Not a backend reply: taken off the queue (written, applied or dropped) as soon as
+    /// everything before it has been answered.
+    #[inline(always)]
+    pub(super) fn is_marker(&self) -> bool {
+        !matches!(self, Expect::Reply { .. })
+    }
+
     /// A reply whose failure, or whose request the backend skips, changes which statements
     /// the client or the connection has (see `TxnSession::undo`).
     pub(super) fn may_be_undone(&self) -> bool {

@@ -653,31 +653,13 @@ impl<'a> TxnSession<'a> {
     /// transaction), the rare writing does not.
     #[inline(always)]
     fn flush_locals(&mut self) {
-        if matches!(
-            self.expect.front(),
-            Some(
-                Expect::Local(_)
-                    | Expect::CopyEnd
-                    | Expect::Pending(_)
-                    | Expect::Deallocated(_)
-                    | Expect::UnnamedOwner(_)
-                    | Expect::UnnamedChange(_)
-            )
-        ) {
+        if self.expect.front().is_some_and(Expect::is_marker) {
             self.write_front_locals();
         }
     }
 
     fn write_front_locals(&mut self) {
-        while let Some(
-            Expect::Local(_)
-            | Expect::CopyEnd
-            | Expect::Pending(_)
-            | Expect::Deallocated(_)
-            | Expect::UnnamedOwner(_)
-            | Expect::UnnamedChange(_),
-        ) = self.expect.front()
-        {
+        while self.expect.front().is_some_and(Expect::is_marker) {
             match self.expect.pop_front() {
                 Some(Expect::Local(reply)) => self.write_local(reply),
                 Some(Expect::UnnamedOwner(id)) => {

@@ -39,7 +39,8 @@ pub const TEXTS: &[&str] = &[
 enum Kind {
     /// Returns one row of this many columns.
     Rows(usize),
-    /// Fails when analysed (Parse) or run (Query) with this SQLSTATE.
+    /// Names a column that does not exist: fails with 42703 when analysed (Parse) or run
+    /// (Query).
     BadColumn,
     /// Fails when run with this SQLSTATE.
     Raise(&'static str),
@@ -498,8 +499,8 @@ impl PgModel {
         if !portal.is_empty() && self.portals.contains_key(portal) {
             return Err("42P03");
         }
-        let done = false;
-        self.portals.insert(portal.to_vec(), Portal { kind, done });
+        self.portals
+            .insert(portal.to_vec(), Portal { kind, done: false });
         write(out, b'2', &[]);
         Ok(())
     }

@@ -157,7 +157,7 @@ fn describe_or_close(out: &mut BytesMut, tag: u8, what: u8, name: &str) {
 /// What a client sees of a reply, for comparing: the message type and what identifies it (an
 /// error's severity and SQLSTATE, a command tag, a transaction status, a column count), not
 /// the text that may name the proxy's statements. Notices and ParameterStatus are left out.
-fn replies(bytes: &[u8]) -> (Vec<String>, usize) {
+fn replies(bytes: &[u8]) -> Vec<String> {
     let mut seen = Vec::new();
     let mut rest = bytes;
     while let Some((tag, body, next)) = split_message(rest) {
@@ -177,7 +177,7 @@ fn replies(bytes: &[u8]) -> (Vec<String>, usize) {
             _ => (tag as char).to_string(),
         });
     }
-    (seen, bytes.len() - rest.len())
+    seen
 }
 
 fn tenant(port: u16) -> Tenant {
@@ -319,7 +319,7 @@ async fn through_relay(
         let (mut from_relay, mut to_relay) = app.into_split();
         let mut got = BytesMut::new();
         let read_wanted = async {
-            while replies(&got).0.len() < want {
+            while replies(&got).len() < want {
                 if from_relay.read_buf(&mut got).await.unwrap_or(0) == 0 {
                     break;
                 }
@@ -367,15 +367,14 @@ pub fn txn_pipeline(data: &[u8]) {
     let sessions = compose(data);
     with_backends(None, async |pool, pools, registry| {
         for (i, session) in sessions.iter().enumerate() {
-            let expected = replies(&session.direct).0;
+            let expected = replies(&session.direct);
             let want = expected.len();
             let (got, end) = through_relay(pool, pools, registry, &session.messages, want).await;
             if let TxnEnd::ServerProtocol(e) = &end {
                 panic!("client {i}: the relay lost track of the backend: {e}");
             }
-            let (got, used) = replies(&got);
+            let got = replies(&got);
             assert_eq!(got, expected, "client {i}: replies differ ({end:?})");
-            assert!(used > 0 || got.is_empty());
         }
     });
 }

@@ -373,6 +373,20 @@ async fn deallocate_follows_the_transaction_state_as_postgres_does() {
                 frontend::sync(b);
             }),
         ),
+        // A DEALLOCATE Query in the middle of a batch, with its replies still due (which
+        // Postgres keeps until a Flush or Sync).
+        (
+            By::Same,
+            msgs(|b| {
+                parse(b, "s3", "SELECT 3");
+                frontend::sync(b);
+                parse(b, "", "SELECT 1");
+                bind_execute(b, "");
+                frontend::query("DEALLOCATE s3", b).expect("query");
+                bind_execute(b, "s3");
+                frontend::sync(b);
+            }),
+        ),
     ])
     .await;
 }
@@ -409,6 +423,19 @@ async fn a_client_never_runs_another_clients_unnamed_statement_or_portal() {
             By::New,
             msgs(|b| {
                 frontend::describe(b'P', "", b).expect("describe");
+                frontend::sync(b);
+            }),
+        ),
+        // Its own unnamed statement from the batch before, while replies of that batch and of
+        // this one (which Postgres keeps until a Flush or Sync) are still due.
+        (
+            By::Same,
+            msgs(|b| {
+                frontend::query("SELECT 1", b).expect("query");
+                parse(b, "", "SELECT 2");
+                frontend::sync(b);
+                parse(b, "s2", "SELECT 3");
+                bind_execute(b, "");
                 frontend::sync(b);
             }),
         ),

@@ -290,6 +290,10 @@ impl TxnSession<'_> {
                         parse: None,
                     });
                     self.unsynced = false;
+                } else if !self.copy_in {
+                    // The backend keeps replies to extended-protocol messages (the client's or
+                    // the proxy's own) until a Flush or Sync.
+                    messages::write_message(&mut self.sout, b'H', |_| {});
                 }
                 self.waiting_query = Some(class);
                 self.barrier = Barrier::Drained;
@@ -388,6 +392,10 @@ impl TxnSession<'_> {
             return false;
         }
         self.barrier = Barrier::Undoable;
+        // The backend keeps replies to extended-protocol messages until a Flush or Sync.
+        if !self.copy_in {
+            messages::write_message(&mut self.sout, b'H', |_| {});
+        }
         true
     }
 

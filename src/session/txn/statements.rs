@@ -290,14 +290,9 @@ impl TxnSession<'_> {
                         parse: None,
                     });
                     self.unsynced = false;
-                } else if !self.copy_in {
-                    // The backend keeps replies to extended-protocol messages (the client's or
-                    // the proxy's own) until a Flush or Sync.
-                    messages::write_message(&mut self.sout, b'H', |_| {});
                 }
                 self.waiting_query = Some(class);
-                self.barrier = Barrier::Drained;
-                return Step::Wait;
+                return self.wait_for_replies(Barrier::Drained);
             }
             return self.deallocate(target.as_deref());
         }
@@ -391,12 +386,20 @@ impl TxnSession<'_> {
         {
             return false;
         }
-        self.barrier = Barrier::Undoable;
-        // The backend keeps replies to extended-protocol messages until a Flush or Sync.
+        self.wait_for_replies(Barrier::Undoable);
+        true
+    }
+
+    /// The client's message waits behind `barrier` for replies due: a Flush makes the backend
+    /// send those it keeps (to extended-protocol messages, the client's or the proxy's own)
+    /// until a Flush or Sync.
+    #[cold]
+    pub(super) fn wait_for_replies(&mut self, barrier: Barrier) -> Step {
+        self.barrier = barrier;
         if !self.copy_in {
             messages::write_message(&mut self.sout, b'H', |_| {});
         }
-        true
+        Step::Wait
     }
 
     /// Before a use of the unnamed statement: the connection's unnamed statement, if another
